@@ -1,0 +1,1 @@
+"""Webhook sources: each turns one inbound request into a Notification."""

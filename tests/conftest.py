@@ -1,0 +1,46 @@
+"""Shared fixtures: a clean environment for every test, and a real Redis."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+REDIS_URL = os.environ.get("RELAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No RELAY_* or DOIT_* variable from the developer's shell leaks in."""
+    for name in list(os.environ):
+        if name.startswith(("RELAY_", "DOIT_")) and name != "RELAY_TEST_REDIS_URL":
+            monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """The URL of the test Redis; the test is skipped in no case: a missing
+    Redis is a broken test environment and fails loudly."""
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.ping()
+    finally:
+        client.close()
+    return REDIS_URL
+
+
+@pytest.fixture
+def redis_prefix(redis_url: str) -> Iterator[str]:
+    """A key prefix of the test's own; its keys are deleted afterwards, so
+    tests never flush a database others may be using."""
+    prefix = f"relaytest:{uuid.uuid4().hex[:12]}"
+    yield prefix
+    client = redis.Redis.from_url(redis_url)
+    try:
+        for key in client.scan_iter(match=f"*{prefix}*", count=1000):
+            client.delete(key)
+    finally:
+        client.close()
