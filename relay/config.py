@@ -175,7 +175,13 @@ class StoreConfig(_Model):
     @field_validator("url")
     @classmethod
     def _url(cls, value: str) -> str:
-        schemes = ("sqlite:///", "redis://", "rediss://", "unix://")
+        schemes = (
+            "sqlite:///",
+            "redis://",
+            "rediss://",
+            "unix://",
+            "redis+sentinel://",
+        )
         if not value.startswith(schemes):
             raise ValueError(
                 "expected sqlite:///PATH, redis://HOST:PORT/DB or rediss://…; "

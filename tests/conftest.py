@@ -9,6 +9,8 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from relay.emulator import EmulatorServer
+
 REDIS_URL = os.environ.get("RELAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
@@ -44,3 +46,19 @@ def redis_prefix(redis_url: str) -> Iterator[str]:
             client.delete(key)
     finally:
         client.close()
+
+
+@pytest.fixture
+def emulator() -> Iterator[EmulatorServer]:
+    """A running DoiT API emulator on a free loopback port, stopped afterwards.
+
+    It accepts any bearer key. ``emulator.url`` is the base URL for the
+    client; ``emulator.fault(503, count=2, retry_after="1")`` queues faults
+    for the next creates (``target="list"`` for lists); ``emulator.tickets()``
+    and ``emulator.stats()`` read its state without HTTP.
+    """
+    server = EmulatorServer(host="127.0.0.1", port=0).start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,246 @@
+"""The application factory: one place that builds the relay's parts.
+
+``create_app`` builds the configuration, the store, the rules, the renderer
+and the sources once per process and registers the views. gunicorn (through
+``relay serve``), ``relay worker`` and the tests all use it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from relay import metrics
+from relay.config import Config, load_config
+from relay.dedup import AlertDecision, decide
+from relay.errors import AuthError, ForbiddenError, InputError, StoreUnavailable
+from relay.render import Renderer
+from relay.rules import Rules
+from relay.sources.base import Inbound, Source
+from relay.store import open_store
+from relay.store.base import Store
+
+log = logging.getLogger(__name__)
+
+
+def templates_dir(config: Config) -> Path:
+    """Where the templates are: the configured folder, else the project's
+    own ``templates/`` (a source checkout or the container), else the copy
+    installed with the package."""
+    if config.templates_dir:
+        return Path(config.templates_dir)
+    beside = Path(__file__).resolve().parent.parent / "templates"
+    if beside.is_dir():
+        return beside
+    return Path(sys.prefix) / "share" / "relay" / "templates"
+
+
+def build_sources(config: Config) -> dict[str, Source]:
+    """The enabled sources, by their endpoint name."""
+    from relay.sources.alertmanager import AlertmanagerSource
+    from relay.sources.cloud_monitoring import CloudMonitoringSource
+    from relay.sources.cloudwatch import CloudWatchSource
+
+    sources: dict[str, Source] = {}
+    if config.sources.alertmanager.enabled:
+        sources["alertmanager"] = AlertmanagerSource(config)
+    if config.sources.cloudwatch.enabled:
+        sources["cloudwatch"] = CloudWatchSource(config)
+    if config.sources.cloud_monitoring.enabled:
+        sources["cloud-monitoring"] = CloudMonitoringSource(config)
+    return sources
+
+
+@dataclass
+class Relay:
+    """The parts of one relay process, shared by its views and workers."""
+
+    config: Config
+    store: Store
+    rules: Rules
+    renderer: Renderer
+    sources: dict[str, Source] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, config: Config, store: Store | None = None) -> Relay:
+        folder = templates_dir(config)
+        return cls(
+            config=config,
+            store=store or open_store(config.store.url, config.store.prefix),
+            rules=Rules(config, folder),
+            renderer=Renderer(folder),
+            sources=build_sources(config),
+        )
+
+
+def warn_about_open_sources(relay: Relay) -> None:
+    """Say at start which sources accept anyone: allowed, never silent."""
+    for name, source in relay.sources.items():
+        if not source.auth_enabled:
+            log.warning(
+                "source.unauthenticated",
+                extra={"source": name, "hint": "configure credentials for it"},
+            )
+
+
+def create_app(
+    config: Config | None = None,
+    *,
+    store: Store | None = None,
+    start_delivery: bool = False,
+) -> Flask:
+    """Build the WSGI application.
+
+    With ``start_delivery`` the process also runs delivery worker threads
+    (``relay serve`` does; tests usually drive delivery themselves).
+    """
+    config = config or load_config()
+    relay = Relay.build(config, store)
+    app = Flask("relay")
+    app.config["MAX_CONTENT_LENGTH"] = config.server.max_body_bytes
+    app.extensions["relay"] = relay
+    warn_about_open_sources(relay)
+    _register_views(app, relay)
+
+    if start_delivery:
+        from relay.delivery import start_workers
+
+        app.extensions["relay.delivery"] = start_workers(relay)
+    return app
+
+
+def _error(status: int, message: str, **extra: Any) -> tuple[Response, int]:
+    return jsonify({"error": message, **extra}), status
+
+
+def _register_views(app: Flask, relay: Relay) -> None:
+    @app.get("/healthz")
+    def healthz() -> tuple[Response, int]:
+        return jsonify({"status": "ok"}), 200
+
+    @app.get("/readyz")
+    def readyz() -> tuple[Response, int]:
+        try:
+            relay.store.ping()
+        except StoreUnavailable as e:
+            return jsonify({"status": "unavailable", "store": str(e)}), 503
+        return jsonify({"status": "ready", "config": relay.config.path}), 200
+
+    @app.get("/metrics")
+    def metrics_view() -> Response:
+        return Response(metrics.render(relay.store), mimetype=metrics.CONTENT_TYPE)
+
+    @app.post("/webhooks/<name>")
+    @app.post("/webhooks/<name>/<path:subpath>")
+    def webhook(name: str, subpath: str = "") -> tuple[Response, int]:
+        source = relay.sources.get(name)
+        if source is None:
+            return _error(404, f"no enabled source called {name!r}")
+        answer, status, headers = receive(relay, source, subpath)
+        metrics.WEBHOOKS.labels(name, str(status)).inc()
+        response = jsonify(answer)
+        response.headers.update(headers)
+        return response, status
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def too_large(_: RequestEntityTooLarge) -> tuple[Response, int]:
+        limit = relay.config.server.max_body_bytes
+        return _error(413, f"request body exceeds the limit of {limit} bytes")
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException) -> tuple[Response, int]:
+        return _error(error.code or 500, error.description or error.name)
+
+    @app.errorhandler(Exception)
+    def unexpected(error: Exception) -> tuple[Response, int]:
+        log.error("request.failed", exc_info=error, extra={"path": request.path})
+        return _error(500, "internal error; the request was not recorded")
+
+
+def receive(
+    relay: Relay, source: Source, subpath: str
+) -> tuple[dict[str, Any], int, dict[str, str]]:
+    """Authenticate, parse, decide and record one webhook call.
+
+    Returns the JSON answer, the status and extra headers. Store first,
+    then answer: 202 only once every alert is durably recorded, 503 when it
+    could not be (so that the sender retries), 4xx only for what no retry
+    can fix.
+    """
+    try:
+        body = request.get_data(cache=False)
+        inbound = Inbound(
+            body=body,
+            headers={k.lower(): v for k, v in request.headers.items()},
+            args=request.args.to_dict(),
+            subpath=subpath,
+            remote_addr=request.remote_addr or "",
+        )
+        source.authenticate(inbound)
+        notification = source.parse(inbound)
+    except RequestEntityTooLarge:
+        limit = relay.config.server.max_body_bytes
+        return {"error": f"request body exceeds the limit of {limit} bytes"}, 413, {}
+    except AuthError as e:
+        headers = {"WWW-Authenticate": e.challenge} if e.challenge else {}
+        log.info("webhook.unauthorized", extra={"source": source.name, "why": str(e)})
+        return {"error": str(e)}, 401, headers
+    except ForbiddenError as e:
+        log.warning("webhook.forbidden", extra={"source": source.name, "why": str(e)})
+        return {"error": str(e)}, 403, {}
+    except InputError as e:
+        log.info("webhook.invalid", extra={"source": source.name, "why": str(e)})
+        return {"error": str(e)}, e.status, {}
+    except StoreUnavailable as e:
+        return _unavailable(source.name, "parse", e)
+
+    now = time.time()
+    store = relay.store
+    try:
+        if notification.message_id and store.message_seen(notification.message_id, now):
+            log.info(
+                "webhook.replay",
+                extra={"source": source.name, "message_id": notification.message_id},
+            )
+            return {"status": "replay", "message_id": notification.message_id}, 200, {}
+        answer: dict[str, Any]
+        decisions: list[AlertDecision]
+        if not notification.alerts:
+            answer = {"status": "acknowledged", "note": notification.note or ""}
+            decisions = []
+        else:
+            decisions = decide(notification, relay.rules, relay.renderer, store, now)
+            answer = {
+                "status": "accepted",
+                "decisions": [d.to_dict() for d in decisions],
+            }
+            if notification.note:
+                answer["note"] = notification.note
+        if notification.message_id:
+            store.remember_message(
+                notification.message_id, relay.config.delivery.message_id_ttl, now
+            )
+    except StoreUnavailable as e:
+        return _unavailable(source.name, "record", e)
+
+    for decision in decisions:
+        metrics.ALERTS.labels(source.name, decision.action, decision.rule).inc()
+    return answer, 202 if decisions else 200, {}
+
+
+def _unavailable(
+    source: str, step: str, error: StoreUnavailable
+) -> tuple[dict[str, Any], int, dict[str, str]]:
+    metrics.STORE_ERRORS.labels(step).inc()
+    log.error(
+        "webhook.store_unavailable", extra={"source": source, "error": str(error)}
+    )
+    answer = {"error": "the store is unavailable; nothing was recorded, retry later"}
+    return answer, 503, {"Retry-After": "5"}

@@ -1,0 +1,883 @@
+"""The Redis store: the production store, shared by any number of replicas.
+
+Every decision that reads and then writes runs as one Lua script (EVALSHA
+through redis-py's :class:`~redis.commands.core.Script`, which loads the
+script again by itself when a restarted server answers ``NOSCRIPT``), so
+that replicas never race each other. A duplicate alert costs one round trip.
+
+Layout, every key under one hash tag so that a script's keys always share a
+Cluster slot (``P`` is the configured prefix)::
+
+    {P}:key:<dedup key>     hash   dedup state; expires_at in the callers'
+                                   clock, a Redis TTL only to collect garbage
+    {P}:msg:<message id>    string a processed delivery id; value expires_at
+    {P}:job:<job id>        hash   one job: key, payload (JSON), attempts,
+                                   enqueued_at, next_at, last_error, where it
+                                   is (pending/scheduled/dead), its stream
+                                   entry, lease token and consumer
+    {P}:queue               stream pending jobs, one entry per job, read
+                                   through the consumer group ``relay``
+    {P}:leases              zset   stream entry -> lease deadline
+    {P}:scheduled           zset   job id -> time the retry is due
+    {P}:dead                stream dead letters, one entry per job
+    {P}:budget              zset   API calls of the last minute (sliding)
+
+Leases. New entries are read with ``XREADGROUP``; an entry whose lease ran
+out is taken over with ``XCLAIM`` (which moves it in the group's pending
+entries list and counts the delivery). Lease deadlines are kept in a sorted
+set rather than left to ``XAUTOCLAIM``'s idle time because the store
+contract measures time with the caller's clock, and because each lease
+carries its own duration. Each lease increments a token on the job; the
+receipt is ``<entry id>|<token>``, and ack, retry and dead-letter act only
+when both still match, so a worker whose lease was taken over cannot
+clobber the new holder's work.
+
+Connections. ``redis://``, ``rediss://`` (TLS) and ``unix://`` URLs go
+through :meth:`redis.Redis.from_url`, with short connect and socket timeouts
+and a connection health check, so that an outage surfaces within a few
+seconds as :class:`~relay.errors.StoreUnavailable` instead of a hang. A
+command is retried once after a connection error (a pooled connection may
+have died with a restarted server); a timeout is not retried, because the
+command may have run. Should a connection die after a script ran but before
+its reply arrived, the retry sees the script's effect: an observation then
+reads ``duplicate`` although its job was queued, and a lease's jobs wait
+for the lease to run out; nothing is lost or enqueued twice. The store
+recovers by itself once Redis answers again.
+
+``redis+sentinel://[[user]:password@]host[:port][,host[:port]…]/service[/db]``
+asks the listed Sentinels for the current master of ``service`` and follows
+fail-overs; the password is the master's (Sentinels are reached without
+one). Redis Cluster is not supported: the key layout is ready for it (one
+hash tag, so every key of a prefix lives in one slot, and the scripts also
+touch job keys they could not declare in advance, which Cluster allows
+within one slot), but the store opens a plain client, not a Cluster one.
+One prefix therefore lives on one shard whichever way it is deployed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, cast
+from urllib.parse import unquote, urlsplit
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.commands.core import Script
+from redis.retry import Retry
+from redis.sentinel import Sentinel
+
+from relay.errors import ConfigError, StoreUnavailable
+from relay.store.base import (
+    Decision,
+    Job,
+    KeyState,
+    KeyStateName,
+    Observation,
+    Outcome,
+    QueueName,
+    QueueStats,
+    Store,
+)
+
+log = logging.getLogger(__name__)
+
+GROUP = "relay"
+BUDGET_WINDOW = 60.0  # seconds; the API budget is counted per minute
+# Redis TTLs only collect garbage; the callers' clock decides expiry. The
+# grace keeps a key a little past its logical end so that a replica whose
+# clock lags slightly still sees it.
+TTL_GRACE_MS = 60_000
+# operator commands and the move of due retries work in bounded batches so
+# that no single script blocks Redis for long
+BATCH = 500
+
+# every consumer name ever used stays in the group until removed; names
+# that hold nothing and have been idle this long are removed, checked at
+# most once per interval by each store (milliseconds, seconds)
+CONSUMER_IDLE_MS = 3_600_000
+PRUNE_INTERVAL = 300.0
+
+# how quickly an outage is noticed: connecting, any reply, and the PING sent
+# on a connection idle for longer than the interval (all in seconds)
+CONNECT_TIMEOUT = 2.0
+SOCKET_TIMEOUT = 3.0
+HEALTH_CHECK_INTERVAL = 5
+
+_CLIENT_OPTIONS: dict[str, Any] = {
+    "socket_connect_timeout": CONNECT_TIMEOUT,
+    "socket_timeout": SOCKET_TIMEOUT,
+    "health_check_interval": HEALTH_CHECK_INTERVAL,
+    "retry": Retry(
+        ExponentialBackoff(cap=0.5, base=0.1),
+        retries=1,
+        supported_errors=(redis.ConnectionError,),
+    ),
+}
+
+# shared by the queue scripts: create the consumer group on first use
+# (reading from the start of the stream, so that jobs enqueued before the
+# group existed are delivered); checked first so that a normal call does
+# not leave an error reply in the server's error statistics
+_ENSURE_GROUP = """
+local function ensure_group(queue, group)
+  if redis.call('EXISTS', queue) == 1 then
+    for _, info in ipairs(redis.call('XINFO', 'GROUPS', queue)) do
+      if info[2] == group then return end
+    end
+  end
+  redis.call('XGROUP', 'CREATE', queue, group, '0', 'MKSTREAM')
+end
+"""
+
+# due retries go back to the stream in whichever script runs first once they
+# are due (a lease, or an enqueue, which moves them ahead of the new job so
+# that the stream stays in the order jobs became due); always inside a
+# script, so that two replicas never both move one
+_MOVE_DUE = """
+local function move_due(scheduled, queue, prefix, now, batch)
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', scheduled, '-inf', now,
+      'LIMIT', 0, batch)) do
+    redis.call('ZREM', scheduled, id)
+    if redis.call('HGET', prefix .. id, 'where') == 'scheduled' then
+      local entry = redis.call('XADD', queue, '*', 'job', id)
+      redis.call('HSET', prefix .. id, 'where', 'pending', 'entry', entry)
+    end
+  end
+end
+"""
+
+# KEYS: key hash, job hash, queue, scheduled
+# ARGV: now, firing, rule, severity, dedup expires_at, dedup ttl ms,
+#       reopen expires_at, reopen ttl ms, job id, payload, dedup key,
+#       job key prefix, batch
+_OBSERVE = (
+    _MOVE_DUE
+    + """
+local key, job, queue = KEYS[1], KEYS[2], KEYS[3]
+local now = tonumber(ARGV[1])
+local cur = redis.call('HMGET', key, 'state', 'expires_at', 'ticket_id',
+  'last_seen')
+local state = cur[1]
+local live = state and tonumber(cur[2]) > now
+local decision, job_id = 'ignored', ''
+
+-- a sighting from a replica whose clock lags never moves times backwards
+local function later(field, old, new)
+  if tonumber(new) > tonumber(old) then redis.call('HSET', key, field, new) end
+end
+
+if ARGV[2] == '1' then
+  if not live then
+    redis.call('DEL', key)
+    redis.call('HSET', key, 'state', 'pending', 'first_seen', ARGV[1],
+      'last_seen', ARGV[1], 'expires_at', ARGV[5], 'count', 1,
+      'rule', ARGV[3], 'severity', ARGV[4])
+    move_due(KEYS[4], queue, ARGV[12], ARGV[1], tonumber(ARGV[13]))
+    local entry = redis.call('XADD', queue, '*', 'job', ARGV[9])
+    redis.call('HSET', job, 'id', ARGV[9], 'key', ARGV[11],
+      'payload', ARGV[10], 'attempts', 0, 'enqueued_at', ARGV[1],
+      'next_at', ARGV[1], 'where', 'pending', 'entry', entry, 'token', 0)
+    decision, job_id = 'queued', ARGV[9]
+  else
+    if state == 'resolved' then
+      -- the problem is back inside the reopen window
+      redis.call('HSET', key, 'state', cur[3] and 'open' or 'pending',
+        'expires_at', ARGV[5])
+    else
+      later('expires_at', cur[2], ARGV[5])
+    end
+    later('last_seen', cur[4], ARGV[1])
+    redis.call('HINCRBY', key, 'count', 1)
+    decision = 'duplicate'
+  end
+  if redis.call('PTTL', key) < tonumber(ARGV[6]) then
+    redis.call('PEXPIRE', key, ARGV[6])
+  end
+elseif live and state ~= 'resolved' then
+  redis.call('HSET', key, 'state', 'resolved', 'expires_at', ARGV[7])
+  later('last_seen', cur[4], ARGV[1])
+  redis.call('PEXPIRE', key, ARGV[8])
+  decision = 'resolved'
+end
+
+local after = {}
+if decision ~= 'ignored' or live then after = redis.call('HGETALL', key) end
+return {decision, job_id, after}
+"""
+)
+
+# KEYS: key hash; ARGV: ticket id, url ('' for none)
+_ATTACH = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return 0 end
+redis.call('HSET', KEYS[1], 'ticket_id', ARGV[1])
+if ARGV[2] ~= '' then
+  redis.call('HSET', KEYS[1], 'ticket_url', ARGV[2])
+else
+  redis.call('HDEL', KEYS[1], 'ticket_url')
+end
+if state == 'pending' then redis.call('HSET', KEYS[1], 'state', 'open') end
+return 1
+"""
+
+# KEYS: queue, leases, scheduled
+# ARGV: consumer, now, lease deadline, count, job key prefix, batch
+_LEASE = (
+    _ENSURE_GROUP
+    + _MOVE_DUE
+    + """
+local queue, leases, scheduled = KEYS[1], KEYS[2], KEYS[3]
+local consumer, now, deadline = ARGV[1], ARGV[2], ARGV[3]
+local count, prefix = tonumber(ARGV[4]), ARGV[5]
+local group = '$GROUP'
+ensure_group(queue, group)
+
+move_due(scheduled, queue, prefix, now, tonumber(ARGV[6]))
+
+local out = {}
+local function take(entry, id)
+  local job = prefix .. id
+  if redis.call('HGET', job, 'entry') ~= entry then
+    -- purged meanwhile: drop the orphan entry
+    redis.call('XACK', queue, group, entry)
+    redis.call('XDEL', queue, entry)
+    redis.call('ZREM', leases, entry)
+    return
+  end
+  redis.call('ZADD', leases, deadline, entry)
+  local token = redis.call('HINCRBY', job, 'token', 1)
+  redis.call('HSET', job, 'consumer', consumer)
+  out[#out + 1] = {entry, token, redis.call('HGETALL', job)}
+end
+
+-- leases that ran out: a crashed or stuck worker's jobs
+for _, entry in ipairs(redis.call('ZRANGEBYSCORE', leases, '-inf', now,
+    'LIMIT', 0, count)) do
+  local claimed = redis.call('XCLAIM', queue, group, consumer, 0, entry)
+  if claimed[1] and claimed[1][2] then
+    take(entry, claimed[1][2][2])
+  else
+    redis.call('ZREM', leases, entry)
+  end
+end
+
+if #out < count then
+  local read = redis.call('XREADGROUP', 'GROUP', group, consumer,
+    'COUNT', count - #out, 'STREAMS', queue, '>')
+  if read then
+    for _, e in ipairs(read[1][2]) do take(e[1], e[2][2]) end
+  end
+end
+return out
+"""
+)
+
+# KEYS: queue, leases, job hash, scheduled, dead
+# ARGV: action (ack/retry/dead), entry, token, now or due time, error,
+#       payload ('' to keep), job id
+_RELEASE = """
+local queue, leases, job = KEYS[1], KEYS[2], KEYS[3]
+local cur = redis.call('HMGET', job, 'where', 'entry', 'token')
+if cur[1] ~= 'pending' or cur[2] ~= ARGV[2] or cur[3] ~= ARGV[3] then
+  return 0
+end
+redis.call('XACK', queue, '$GROUP', ARGV[2])
+redis.call('XDEL', queue, ARGV[2])
+redis.call('ZREM', leases, ARGV[2])
+if ARGV[1] == 'ack' then
+  redis.call('DEL', job)
+  return 1
+end
+
+redis.call('HINCRBY', job, 'attempts', 1)
+redis.call('HSET', job, 'last_error', ARGV[5], 'consumer', '')
+if ARGV[1] == 'retry' then
+  if ARGV[6] ~= '' then redis.call('HSET', job, 'payload', ARGV[6]) end
+  redis.call('HSET', job, 'where', 'scheduled', 'entry', '', 'next_at', ARGV[4])
+  redis.call('ZADD', KEYS[4], ARGV[4], ARGV[7])
+else
+  local entry = redis.call('XADD', KEYS[5], '*', 'job', ARGV[7])
+  redis.call('HSET', job, 'where', 'dead', 'entry', entry, 'dead_at', ARGV[4])
+end
+return 1
+"""
+
+# KEYS: queue, scheduled, dead; ARGV: queue name, limit, job key prefix
+_LIST = """
+local name, limit, prefix = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local ids = {}
+if name == 'scheduled' then
+  ids = redis.call('ZRANGE', KEYS[2], 0, limit - 1)
+else
+  local stream = name == 'dead' and KEYS[3] or KEYS[1]
+  for _, e in ipairs(redis.call('XRANGE', stream, '-', '+', 'COUNT', limit)) do
+    ids[#ids + 1] = e[2][2]
+  end
+end
+local out = {}
+for _, id in ipairs(ids) do
+  local fields = redis.call('HGETALL', prefix .. id)
+  if #fields > 0 then out[#out + 1] = fields end
+end
+return out
+"""
+
+# KEYS: dead, queue; ARGV: now, job key prefix, job id ('' for a batch), batch
+_REQUEUE = """
+local dead, queue, now, prefix = KEYS[1], KEYS[2], ARGV[1], ARGV[2]
+local function requeue(id, entry)
+  redis.call('XDEL', dead, entry)
+  local job = prefix .. id
+  if redis.call('HGET', job, 'where') ~= 'dead' then return 0 end
+  local fresh = redis.call('XADD', queue, '*', 'job', id)
+  redis.call('HSET', job, 'where', 'pending', 'entry', fresh,
+    'enqueued_at', now, 'next_at', now, 'attempts', 0)
+  redis.call('HDEL', job, 'dead_at')
+  return 1
+end
+
+if ARGV[3] ~= '' then
+  local cur = redis.call('HMGET', prefix .. ARGV[3], 'where', 'entry')
+  if cur[1] ~= 'dead' then return {0, 0} end
+  return {requeue(ARGV[3], cur[2]), 0}
+end
+local moved, seen = 0, 0
+for _, e in ipairs(redis.call('XRANGE', dead, '-', '+', 'COUNT', ARGV[4])) do
+  moved = moved + requeue(e[2][2], e[1])
+  seen = seen + 1
+end
+return {moved, seen}
+"""
+
+# KEYS: queue, leases, scheduled, dead; ARGV: queue name, job key prefix, batch
+_PURGE = (
+    _ENSURE_GROUP
+    + """
+local queue, leases, scheduled, dead = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local name, prefix, batch = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local deleted, seen = 0, 0
+if name == 'scheduled' then
+  for _, id in ipairs(redis.call('ZRANGE', scheduled, 0, batch - 1)) do
+    redis.call('ZREM', scheduled, id)
+    deleted = deleted + redis.call('DEL', prefix .. id)
+    seen = seen + 1
+  end
+  return {deleted, seen}
+end
+
+local stream = name == 'dead' and dead or queue
+if name == 'pending' then ensure_group(queue, '$GROUP') end
+for _, e in ipairs(redis.call('XRANGE', stream, '-', '+', 'COUNT', batch)) do
+  redis.call('XDEL', stream, e[1])
+  if name == 'pending' then
+    redis.call('XACK', queue, '$GROUP', e[1])
+    redis.call('ZREM', leases, e[1])
+  end
+  if redis.call('HGET', prefix .. e[2][2], 'entry') == e[1] then
+    deleted = deleted + redis.call('DEL', prefix .. e[2][2])
+  end
+  seen = seen + 1
+end
+return {deleted, seen}
+"""
+)
+
+# KEYS: queue, leases, scheduled, dead; ARGV: now, job key prefix
+# returns pending, scheduled, dead, leased and the earliest time a job that
+# is due now became due ('' when none is)
+_STATS = """
+local queue, leases, scheduled, dead = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local now, prefix = tonumber(ARGV[1]), ARGV[2]
+local after = '-'
+if redis.call('EXISTS', queue) == 1 then
+  for _, info in ipairs(redis.call('XINFO', 'GROUPS', queue)) do
+    if info[2] == '$GROUP' then
+      for i = 1, #info, 2 do
+        if info[i] == 'last-delivered-id' then after = '(' .. info[i + 1] end
+      end
+    end
+  end
+end
+-- the group's pending entries whose lease still runs (every entry of the
+-- pending entries list has a deadline here; a lapsed one is due again)
+local leased = redis.call('ZCOUNT', leases, '(' .. ARGV[1], '+inf')
+
+-- the raw text is returned, not the Lua number, which would lose digits
+local oldest, oldest_text = nil, ''
+local function consider(text)
+  local at = tonumber(text)
+  if at and at <= now and (oldest == nil or at < oldest) then
+    oldest, oldest_text = at, text
+  end
+end
+-- the first entry the group has not delivered yet
+local first = redis.call('XRANGE', queue, after, '+', 'COUNT', 1)
+if first[1] then consider(redis.call('HGET', prefix .. first[1][2][2], 'next_at')) end
+-- a lease that ran out (its job has been due since the deadline)
+local lapsed = redis.call('ZRANGE', leases, 0, 0, 'WITHSCORES')
+if lapsed[2] then consider(lapsed[2]) end
+-- a retry whose time has come
+local due = redis.call('ZRANGE', scheduled, 0, 0, 'WITHSCORES')
+if due[2] then consider(due[2]) end
+
+return {redis.call('XLEN', queue), redis.call('ZCARD', scheduled),
+  redis.call('XLEN', dead), leased, oldest_text}
+"""
+
+# KEYS: queue; ARGV: idle ms
+# atomic, because a consumer that leases a job between a check and its
+# removal would take the job's pending entry with it
+_PRUNE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local consumers = redis.pcall('XINFO', 'CONSUMERS', KEYS[1], '$GROUP')
+if consumers.err then return 0 end
+local removed = 0
+for _, info in ipairs(consumers) do
+  local f = {}
+  for i = 1, #info, 2 do f[info[i]] = info[i + 1] end
+  if f['pending'] == 0 and f['idle'] >= tonumber(ARGV[1]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], '$GROUP', f['name'])
+    removed = removed + 1
+  end
+end
+return removed
+"""
+
+# KEYS: budget zset; ARGV: now, window start, limit, member, ttl ms
+# a sliding window of the last minute, shared by every replica; returns ''
+# when a slot was taken, else the time of the oldest call in the window
+_BUDGET = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[3]) then
+  redis.call('ZADD', KEYS[1], ARGV[1], ARGV[4])
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+  return ''
+end
+return redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2]
+"""
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _pairs(flat: Sequence[Any]) -> dict[str, str]:
+    """A flat ``[field, value, …]`` reply as a dict of strings."""
+    items = [_text(v) for v in flat]
+    return dict(zip(items[::2], items[1::2], strict=True))
+
+
+def _ttl_ms(window: float) -> int:
+    return max(1, math.ceil(window * 1000)) + TTL_GRACE_MS
+
+
+def _key_state(key: str, fields: Mapping[str, str]) -> KeyState:
+    return KeyState(
+        key=key,
+        state=cast(KeyStateName, fields["state"]),
+        first_seen=float(fields["first_seen"]),
+        last_seen=float(fields["last_seen"]),
+        expires_at=float(fields["expires_at"]),
+        count=int(fields["count"]),
+        severity=fields.get("severity", ""),
+        rule=fields.get("rule", ""),
+        ticket_id=fields.get("ticket_id") or None,
+        ticket_url=fields.get("ticket_url") or None,
+    )
+
+
+def _job(fields: Mapping[str, str], receipt: str | None = None) -> Job:
+    return Job(
+        id=fields["id"],
+        key=fields["key"],
+        payload=json.loads(fields["payload"]),
+        attempts=int(fields.get("attempts", "0")),
+        enqueued_at=float(fields.get("enqueued_at", "0")),
+        next_at=float(fields.get("next_at", "0")),
+        last_error=fields.get("last_error") or None,
+        receipt=receipt,
+    )
+
+
+def _dump(payload: Mapping[str, Any]) -> str:
+    # JSON only: a job must never carry anything that needs unpickling
+    return json.dumps(payload, separators=(",", ":"), allow_nan=False)
+
+
+def _check_queue(queue: str) -> None:
+    if queue not in ("pending", "scheduled", "dead"):
+        raise ValueError(f"queue must be pending, scheduled or dead; got {queue!r}")
+
+
+def _sentinel_client(url: str) -> redis.Redis:
+    """A client for the master that Sentinel names, following fail-overs."""
+    parts = urlsplit(url)
+    path = [p for p in parts.path.split("/") if p]
+    if not parts.netloc or not path or len(path) > 2:
+        raise ConfigError(
+            "expected redis+sentinel://[[user]:password@]host[:port][,host"
+            f"[:port]…]/service[/db]; got a URL with path {parts.path!r}"
+        )
+    hosts = parts.netloc.rpartition("@")[2]
+    sentinels: list[tuple[str, int]] = []
+    for item in hosts.split(","):
+        host, _, port = item.partition(":")
+        if not host or (port and not port.isdigit()):
+            raise ConfigError(
+                f"expected Sentinel addresses as host[:port]; got {item!r}"
+            )
+        sentinels.append((host, int(port or 26379)))
+    if len(path) == 2 and not path[1].isdigit():
+        raise ConfigError(f"expected a database number; got {path[1]!r}")
+
+    timeouts = {k: v for k, v in _CLIENT_OPTIONS.items() if k.startswith("socket_")}
+    # Sentinels get the same short timeouts, so a dead one is skipped quickly
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        sentinels, sentinel_kwargs=timeouts
+    )
+    master = sentinel.master_for(  # type: ignore[no-untyped-call]
+        unquote(path[0]),
+        db=int(path[1]) if len(path) == 2 else 0,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+        **_CLIENT_OPTIONS,
+    )
+    return cast(redis.Redis, master)
+
+
+def _connect(url: str) -> redis.Redis:
+    if url.startswith("redis+sentinel://"):
+        return _sentinel_client(url)
+    # redis-py reads a database path it cannot parse as database 0; a typo
+    # must not point the relay at another database
+    if url.startswith(("redis://", "rediss://")):
+        db = urlsplit(url).path.strip("/")
+        if db and not db.isdigit():
+            raise ConfigError(
+                f"expected a database number as the path of the Redis URL; got {db!r}"
+            )
+    try:
+        return redis.Redis.from_url(url, **_CLIENT_OPTIONS)
+    except ValueError as e:
+        # the message of a bad URL names the scheme, never the password
+        raise ConfigError(
+            f"expected a redis://, rediss://, unix:// or redis+sentinel:// URL; {e}"
+        ) from e
+
+
+def _describe(client: redis.Redis) -> str:
+    """Where the store points, without credentials, for error messages."""
+    kwargs = client.connection_pool.connection_kwargs
+    if kwargs.get("path"):
+        return f"Redis at {kwargs['path']} db {kwargs.get('db', 0)}"
+    if "service_name" in kwargs or hasattr(client.connection_pool, "service_name"):
+        name = getattr(client.connection_pool, "service_name", "?")
+        return f"Redis master {name!r} db {kwargs.get('db', 0)}"
+    host = kwargs.get("host", "localhost")
+    return f"Redis at {host}:{kwargs.get('port', 6379)} db {kwargs.get('db', 0)}"
+
+
+class RedisStore(Store):
+    """The :class:`~relay.store.base.Store` in Redis at ``url``.
+
+    Every key lives under ``{prefix}:`` (the prefix is the hash tag).
+    ``client`` replaces the client the URL would open; it is the caller's to
+    configure and to close. Thread-safe: redis-py keeps a pool of
+    connections. Any Redis error becomes
+    :class:`~relay.errors.StoreUnavailable`, and the store works again as soon
+    as Redis does, without a restart.
+    """
+
+    def __init__(
+        self, url: str, prefix: str = "relay", *, client: redis.Redis | None = None
+    ) -> None:
+        if not prefix or "{" in prefix or "}" in prefix:
+            raise ConfigError(
+                "the Redis key prefix must be non-empty text without braces "
+                f"(it becomes the hash tag); got {prefix!r}"
+            )
+        self.prefix = prefix
+        self._own_client = client is None
+        self._client = client if client is not None else _connect(url)
+        self._where = _describe(self._client)
+
+        tag = "{" + prefix + "}:"
+        self._key_prefix = tag + "key:"
+        self._msg_prefix = tag + "msg:"
+        self._job_prefix = tag + "job:"
+        self._queue = tag + "queue"
+        self._leases = tag + "leases"
+        self._scheduled = tag + "scheduled"
+        self._dead = tag + "dead"
+        self._budget = tag + "budget"
+        self._queue_keys = [self._queue, self._leases, self._scheduled, self._dead]
+
+        def register(script: str) -> Script:
+            return self._client.register_script(script.replace("$GROUP", GROUP))
+
+        self._observe = register(_OBSERVE)
+        self._attach = register(_ATTACH)
+        self._lease = register(_LEASE)
+        self._release = register(_RELEASE)
+        self._list = register(_LIST)
+        self._requeue = register(_REQUEUE)
+        self._purge = register(_PURGE)
+        self._stats = register(_STATS)
+        self._take_budget = register(_BUDGET)
+        self._prune = register(_PRUNE)
+        self._next_prune = 0.0
+
+    @contextmanager
+    def _redis(self, what: str) -> Iterator[None]:
+        """Translate every redis-py error into StoreUnavailable."""
+        try:
+            yield
+        except redis.RedisError as e:
+            raise StoreUnavailable(
+                f"{self._where} could not {what}: {type(e).__name__}: {e}"
+            ) from e
+
+    # dedup state
+
+    def observe(self, obs: Observation, now: float) -> Outcome:
+        """Decide, update the key and enqueue in one script: one round trip,
+        atomic across every replica. See :meth:`Store.observe`."""
+        job_id = uuid.uuid4().hex
+        key = self._key_prefix + obs.key
+        args = [
+            repr(now),
+            "1" if obs.firing else "0",
+            obs.rule,
+            obs.severity,
+            repr(now + obs.dedup_window),
+            _ttl_ms(obs.dedup_window),
+            repr(now + obs.reopen_window),
+            _ttl_ms(obs.reopen_window),
+            job_id,
+            _dump(obs.job) if obs.firing else "",
+            obs.key,
+            self._job_prefix,
+            BATCH,
+        ]
+        keys = [key, self._job_prefix + job_id, self._queue, self._scheduled]
+        with self._redis("record an observation"):
+            reply = self._observe(keys=keys, args=args)
+
+        decision = _text(reply[0])
+        fields = _pairs(reply[2])
+        return Outcome(
+            decision=cast(Decision, decision),
+            state=_key_state(obs.key, fields) if fields else None,
+            job_id=_text(reply[1]) or None,
+        )
+
+    def get(self, key: str, now: float) -> KeyState | None:
+        """The live state of ``key``, or None when unknown or expired."""
+        with self._redis("read a dedup key"):
+            raw = self._client.hgetall(self._key_prefix + key)
+        fields = {_text(k): _text(v) for k, v in cast(dict[Any, Any], raw).items()}
+        if not fields or float(fields["expires_at"]) <= now:
+            return None
+        return _key_state(key, fields)
+
+    def attach_ticket(self, key: str, ticket_id: str, url: str | None) -> None:
+        """Record the ticket created for ``key``; a pending key becomes open.
+        A key Redis has already dropped is not created again."""
+        with self._redis("record a ticket"):
+            self._attach(keys=[self._key_prefix + key], args=[ticket_id, url or ""])
+
+    def message_seen(self, message_id: str, now: float) -> bool:
+        """Whether a sender's delivery id was already processed."""
+        with self._redis("look up a delivery id"):
+            value = self._client.get(self._msg_prefix + message_id)
+        return value is not None and float(_text(value)) > now
+
+    def remember_message(self, message_id: str, ttl: float, now: float) -> None:
+        """Remember a processed delivery id for ``ttl`` seconds (again: the
+        time is extended)."""
+        with self._redis("remember a delivery id"):
+            self._client.set(
+                self._msg_prefix + message_id, repr(now + ttl), px=_ttl_ms(ttl)
+            )
+
+    # delivery queue
+
+    def lease(
+        self, consumer: str, now: float, lease: float, count: int = 1
+    ) -> list[Job]:
+        """Lease up to ``count`` due jobs: lapsed leases first, then new
+        stream entries, in the order they became due; due retries join the
+        stream in the same script."""
+        if count < 1:
+            return []
+        args: list[str | int] = [
+            consumer,
+            repr(now),
+            repr(now + lease),
+            count,
+            self._job_prefix,
+            BATCH,
+        ]
+        with self._redis("lease jobs"):
+            # before the lease, so that a failure here cannot strand jobs
+            # leased to a caller that never saw them
+            if time.monotonic() >= self._next_prune:
+                self._next_prune = time.monotonic() + PRUNE_INTERVAL
+                self._prune(keys=[self._queue], args=[CONSUMER_IDLE_MS])
+            reply = self._lease(keys=self._queue_keys[:3], args=args)
+        return [
+            _job(_pairs(fields), receipt=f"{_text(entry)}|{_text(token)}")
+            for entry, token, fields in reply
+        ]
+
+    def _release_job(
+        self,
+        action: str,
+        job: Job,
+        at: float = 0.0,
+        error: str = "",
+        payload: dict[str, Any] | None = None,
+    ) -> None:
+        entry, _, token = (job.receipt or "").partition("|")
+        args = [
+            action,
+            entry,
+            token,
+            repr(at),
+            error,
+            _dump(payload) if payload is not None else "",
+            job.id,
+        ]
+        keys = [self._queue, self._leases, self._job_prefix + job.id]
+        with self._redis(f"{action} a job"):
+            done = self._release(keys=keys + self._queue_keys[2:], args=args)
+        if not done:
+            # the lease ran out and another consumer holds the job now, or
+            # an operator purged it: its new holder's work must stand
+            log.warning(
+                "store.stale_receipt",
+                extra={"action": action, "job": job.id, "key": job.key},
+            )
+
+    def ack(self, job: Job) -> None:
+        """The job is done: remove it. A no-op (logged) when the lease has
+        passed to another consumer or the job is gone."""
+        self._release_job("ack", job)
+
+    def retry(
+        self, job: Job, at: float, error: str, payload: dict[str, Any] | None = None
+    ) -> None:
+        """Schedule the job for ``at``, one more attempt counted. A no-op
+        (logged) when the lease has passed to another consumer."""
+        self._release_job("retry", job, at, error, payload)
+
+    def dead_letter(self, job: Job, error: str, now: float) -> None:
+        """Move the job to the dead-letter stream, one more attempt counted.
+        A no-op (logged) when the lease has passed to another consumer."""
+        self._release_job("dead", job, now, error)
+
+    def jobs(self, queue: QueueName, limit: int = 100) -> list[Job]:
+        """The jobs of one queue, oldest first (scheduled ones soonest due
+        first), without receipts."""
+        _check_queue(queue)
+        if limit < 1:
+            return []
+        with self._redis("list jobs"):
+            reply = self._list(
+                keys=[self._queue, self._scheduled, self._dead],
+                args=[queue, limit, self._job_prefix],
+            )
+        return [_job(_pairs(fields)) for fields in reply]
+
+    def requeue_dead(self, job_id: str | None, now: float) -> int:
+        """Move one dead letter (or all) back to the pending queue with a
+        fresh maximum age and a fresh count of attempts; the last error is
+        kept for the record. Returns how many moved."""
+        moved = 0
+        with self._redis("requeue dead letters"):
+            while True:
+                done, seen = self._requeue(
+                    keys=[self._dead, self._queue],
+                    args=[repr(now), self._job_prefix, job_id or "", BATCH],
+                )
+                moved += int(done)
+                if job_id is not None or int(seen) < BATCH:
+                    return moved
+
+    def purge(self, queue: QueueName) -> int:
+        """Delete every job of one queue, leased ones included, a batch per
+        script. Returns how many were deleted."""
+        _check_queue(queue)
+        deleted = 0
+        with self._redis(f"purge the {queue} queue"):
+            while True:
+                done, seen = self._purge(
+                    keys=self._queue_keys, args=[queue, self._job_prefix, BATCH]
+                )
+                deleted += int(done)
+                if int(seen) < BATCH:
+                    return deleted
+
+    def stats(self, now: float) -> QueueStats:
+        """Queue depths (leased jobs count in ``pending`` too), the jobs
+        under a lease that still runs, and how long the longest-waiting due
+        job has waited."""
+        with self._redis("read queue statistics"):
+            reply = self._stats(
+                keys=self._queue_keys, args=[repr(now), self._job_prefix]
+            )
+        pending, scheduled, dead, leased, oldest = reply
+        oldest_text = _text(oldest)
+        return QueueStats(
+            pending=int(pending),
+            scheduled=int(scheduled),
+            dead=int(dead),
+            leased=int(leased),
+            oldest_pending_age=max(0.0, now - float(oldest_text))
+            if oldest_text
+            else 0.0,
+        )
+
+    # shared API budget
+
+    def take_budget(self, limit_per_minute: int, now: float) -> float:
+        """Take one slot of the API budget, a sliding minute shared by every
+        replica; returns 0.0, or the seconds until the oldest call in the
+        window leaves it."""
+        if limit_per_minute < 1:
+            raise ValueError(
+                f"limit_per_minute must be at least 1; got {limit_per_minute}"
+            )
+        args: list[str | int] = [
+            repr(now),
+            repr(now - BUDGET_WINDOW),
+            limit_per_minute,
+            uuid.uuid4().hex,
+            _ttl_ms(BUDGET_WINDOW),
+        ]
+        with self._redis("take from the API budget"):
+            oldest = _text(self._take_budget(keys=[self._budget], args=args))
+        if not oldest:
+            return 0.0
+        # the oldest call leaves the window one minute after it was made
+        return max(float(oldest) + BUDGET_WINDOW - now, 0.001)
+
+    # lifecycle
+
+    def ping(self) -> None:
+        """Raise StoreUnavailable unless Redis answers."""
+        with self._redis("answer a ping"):
+            self._client.ping()
+
+    def close(self) -> None:
+        """Close the connections this store opened; an injected client is
+        left to its owner."""
+        if self._own_client:
+            with self._redis("close its connections"):
+                self._client.close()
