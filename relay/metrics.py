@@ -114,6 +114,22 @@ class QueueCollector(Collector):
         )
 
 
+def use_multiprocess_values() -> None:
+    """Record the values of metrics created from now on in the files of
+    ``PROMETHEUS_MULTIPROC_DIR`` (or in memory when it is unset).
+
+    prometheus_client chooses where values live once, when it is first
+    imported, and ``relay serve`` has imported it (through the application,
+    to check the rules) before it names the directory: without choosing
+    again, every worker would count in its own memory and a scrape would
+    show none of it. Every relay metric has labels, so no value exists
+    until a worker process first records one.
+    """
+    from prometheus_client import values
+
+    values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
+
+
 def render(store: Store | None) -> bytes:
     """The text of a scrape: every process's counters plus the queue."""
     registry = CollectorRegistry()

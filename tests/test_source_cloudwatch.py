@@ -768,8 +768,14 @@ def test_the_severity_hint_source(
 
 
 def _render(alert: Alert) -> tuple[str, str]:
+    # the settings the relay renders tickets with: plain text, block tags
+    # owning their lines, and strict about undefined names as `relay check` is
     env = SandboxedEnvironment(
-        loader=FileSystemLoader(TEMPLATES), undefined=StrictUndefined, autoescape=False
+        loader=FileSystemLoader(TEMPLATES),
+        undefined=StrictUndefined,
+        autoescape=False,
+        trim_blocks=True,
+        lstrip_blocks=True,
     )
     env.filters["ts"] = lambda d: d.strftime("%Y-%m-%d %H:%M:%S UTC") if d else ""
     context = {
@@ -783,7 +789,7 @@ def _render(alert: Alert) -> tuple[str, str]:
     }
     subject = env.get_template("cloudwatch.subject.j2").render(context)
     body = env.get_template("cloudwatch.body.j2").render(context)
-    return subject, body
+    return subject.strip(), body.strip()
 
 
 @pytest.mark.parametrize(
@@ -949,3 +955,39 @@ def test_the_real_signed_alarms_parse_with_the_real_verifier(tmp_path: Path) -> 
         one_alert(metric).identity + " (ALARM)"
     )
     assert fetch.calls == []
+
+
+# relay preview -----------------------------------------------------------------
+
+
+def test_the_preview_source_parses_every_shape_without_credentials(
+    signer: Signer,
+) -> None:
+    source = CloudWatchSource.for_preview(make_config())
+    bodies: list[dict[str, Any]] = [
+        fixture("alarm_metric.json"),  # raw delivery, no token
+        fixture("eventbridge_metric.json"),  # EventBridge, disabled and no key
+        {**signer.notification("x"), "Signature": "EXAMPLE"},  # unverifiable
+    ]
+
+    parsed = [source.parse(Inbound(body=json.dumps(b).encode())) for b in bodies]
+
+    assert [len(n.alerts) for n in parsed] == [1, 1, 0]
+
+
+def test_the_preview_source_never_confirms_a_subscription(signer: Signer) -> None:
+    source = CloudWatchSource.for_preview(make_config())
+    envelope = signer.confirmation()
+
+    notification = source.parse(Inbound(body=json.dumps(envelope).encode()))
+
+    assert "not fetched" in (notification.note or "")
+
+
+def test_the_server_source_has_no_preview_mode(signer: Signer) -> None:
+    source = CloudWatchSource(make_config())
+    envelope = {**signer.notification("x"), "Signature": "EXAMPLE"}
+
+    assert source.preview is False
+    with pytest.raises(ForbiddenError, match="not valid base64"):
+        source.parse(Inbound(body=json.dumps(envelope).encode()))

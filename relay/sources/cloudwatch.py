@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -107,6 +107,7 @@ class CloudWatchSource(Source):
         verifier: SnsVerifier | None = None,
         fetch: Fetch | None = None,
     ) -> None:
+        self.preview = False
         self.config: CloudWatchConfig = config.sources.cloudwatch
         cfg = self.config
         self._fetch: Callable[[str], bytes] = fetch or http_fetch
@@ -125,6 +126,22 @@ class CloudWatchSource(Source):
                     "from any SNS topic are accepted"
                 },
             )
+
+    @classmethod
+    def for_preview(cls, config: Config) -> CloudWatchSource:
+        """A source for ``relay preview``, which parses a saved payload with
+        no side effect and no request around it: SNS signatures are not
+        verified, raw and EventBridge bodies need no token or key, and
+        nothing is fetched (a subscription confirmation is reported, not
+        confirmed). Never serve webhooks with it; the server builds its
+        source with the constructor, which has no such mode."""
+
+        def no_fetch(url: str) -> bytes:
+            raise UpstreamUnavailable("relay preview fetches nothing")
+
+        source = cls(config, verifier=_UnverifiedPreview(), fetch=no_fetch)
+        source.preview = True
+        return source
 
     def _check_config(self) -> None:
         raw, eventbridge = self.config.raw_delivery, self.config.eventbridge
@@ -159,12 +176,14 @@ class CloudWatchSource(Source):
             self._check_eventbridge(request)
 
     def _raw_authorised(self, request: Inbound) -> bool:
-        if not request.subpath.strip("/"):
+        if not request.subpath.strip("/") or self.preview:
             return False
         self._check_raw(request)
         return True
 
     def _check_raw(self, request: Inbound) -> None:
+        if self.preview:
+            return
         raw = self.config.raw_delivery
         if not raw.enabled:
             raise ForbiddenError(
@@ -182,6 +201,8 @@ class CloudWatchSource(Source):
             raise AuthError("invalid raw delivery token")
 
     def _check_eventbridge(self, request: Inbound) -> None:
+        if self.preview:
+            return
         eventbridge = self.config.eventbridge
         if not eventbridge.enabled:
             raise ForbiddenError(
@@ -246,7 +267,7 @@ class CloudWatchSource(Source):
         self._check_topic(topic, message_id)
         unsigned = [name for name in _SIGNATURE_FIELDS if not envelope.get(name)]
         try:
-            if unsigned:
+            if unsigned and not self.preview:
                 raise ForbiddenError(f"unsigned SNS message: no {', '.join(unsigned)}")
             self.verifier.verify(envelope)
         except ForbiddenError as e:
@@ -306,6 +327,14 @@ class CloudWatchSource(Source):
                 extra={"topic_arn": topic, "message_id": message_id, "reason": problem},
             )
             raise ForbiddenError(f"SubscribeURL refused: {problem}")
+        if self.preview:
+            return Notification(
+                source="cloudwatch",
+                message_id=message_id,
+                note="subscription confirmation (preview: the SubscribeURL passed "
+                "its checks and was not fetched)",
+                raw=envelope,
+            )
 
         try:
             answer = self._fetch(url)
@@ -399,3 +428,10 @@ class CloudWatchSource(Source):
 
 def _is_raw_header(request: Inbound) -> bool:
     return request.header("x-amz-sns-rawdelivery").strip().lower() == "true"
+
+
+class _UnverifiedPreview(SnsVerifier):
+    """Accepts every signature; used only by :meth:`CloudWatchSource.for_preview`."""
+
+    def verify(self, message: Mapping[str, Any]) -> None:
+        return None
