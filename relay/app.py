@@ -20,7 +20,13 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from relay import metrics
 from relay.config import Config, load_config
 from relay.dedup import AlertDecision, decide
-from relay.errors import AuthError, ForbiddenError, InputError, StoreUnavailable
+from relay.errors import (
+    AuthError,
+    ForbiddenError,
+    InputError,
+    RelayError,
+    StoreUnavailable,
+)
 from relay.render import Renderer
 from relay.rules import Rules
 from relay.sources.base import Inbound, Source
@@ -200,6 +206,13 @@ def receive(
         return {"error": str(e)}, e.status, {}
     except StoreUnavailable as e:
         return _unavailable(source.name, "parse", e)
+    except RelayError as e:
+        # a dependency of the source (an AWS certificate, say) is out of
+        # reach: answer 5xx so that the sender retries later
+        status = int(getattr(e, "status", 503))
+        log.warning("webhook.upstream", extra={"source": source.name, "why": str(e)})
+        answer = {"error": str(e)}
+        return answer, status if status >= 500 else 503, {"Retry-After": "10"}
 
     now = time.time()
     store = relay.store

@@ -360,6 +360,7 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "RELAY_DRY_RUN": ("dry_run",),
 }
 
+_SECRET_FIELD = re.compile(r"(api_key|token|password|secret)", re.IGNORECASE)
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\$")
 
 
@@ -414,6 +415,9 @@ def _describe(error: dict[str, Any]) -> str:
             location += f".{part}" if location else str(part)
     kind = error["type"]
     found = error.get("input")
+    if _SECRET_FIELD.search(location):
+        # never echo what was given for a credential, even a wrong one
+        found = "[redacted]"
     if kind == "extra_forbidden":
         return f"{location}: unknown key (found {found!r})"
     if kind == "missing":

@@ -36,7 +36,9 @@ def main() -> int:
 
     if not env.get("DOIT_API_KEY"):
         url = f"http://{EMULATOR_BIND}"
-        emulator = subprocess.Popen([*relay, "emulator", "--bind", EMULATOR_BIND])
+        emulator = subprocess.Popen(
+            [*relay, "--log-format", "text", "emulator", "--bind", EMULATOR_BIND]
+        )
         if not _wait_for(f"{url}/_emulator/stats"):
             print(
                 f"the DoiT API emulator did not start on {EMULATOR_BIND}",

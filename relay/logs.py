@@ -32,7 +32,10 @@ _SECRET_NAMES = re.compile(
 _SECRET_VALUES = [
     (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+"), r"\1 [redacted]"),
     (
-        re.compile(r"(?i)(auth_token|token|api_key|apikey)=([^&\s\"']+)"),
+        # lower-case keys only: the relay's own secrets travel that way
+        # (auth_token=), while the capitalised Token= of an SNS SubscribeURL
+        # is what an operator must read to confirm a subscription by hand
+        re.compile(r"\b(auth_token|token|access_token|api_key|apikey)=([^&\s\"']+)"),
         r"\1=[redacted]",
     ),
     (re.compile(r"(?i)(https?://[^:/\s@]+):([^@\s/]+)@"), r"\1:[redacted]@"),

@@ -35,6 +35,9 @@ def prepare_metrics_dir() -> str:
     else:
         folder = tempfile.mkdtemp(prefix="relay-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+    from relay import metrics
+
+    metrics.use_multiprocess_values()
     return folder
 
 
@@ -53,14 +56,16 @@ def worker_exit(server: Any, worker: Any) -> None:
         pool.stop()
 
 
-def build_app(config_path: str | None, log_format: str | None) -> Flask:
-    """Build one worker's application (configuration read again, so that
-    every process validates what it runs)."""
+def build_app(
+    config_path: str | None, log_format: str | None, config: Config | None = None
+) -> Flask:
+    """Build one worker's application, from ``config`` when given (the one
+    ``relay serve`` validated), else from the configuration read again."""
     from relay import logs
     from relay.app import create_app
     from relay.config import load_config
 
-    config = load_config(config_path)
+    config = config or load_config(config_path)
     logs.configure(
         log_format or config.server.log_format,  # type: ignore[arg-type]
         config.server.log_level,
@@ -97,12 +102,18 @@ class RelayServer(BaseApplication):  # type: ignore[misc]
             self.cfg.set(key, value)
 
     def load(self) -> Flask:
-        path = self.relay_config.path or None
-        return build_app(path, self.log_format)
+        # the configuration checked at start, not the file read again: a
+        # configuration from the environment alone has no file to read
+        # (its path names the default, which need not exist), and a file
+        # edited since must not give the workers a configuration nobody
+        # checked
+        return build_app(None, self.log_format, self.relay_config)
 
 
 def serve(config: Config, log_format: str | None = None) -> None:
     """Run the server until it is stopped."""
+    # only a directory made here is removed afterwards, never an operator's
+    own_folder = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     folder = prepare_metrics_dir()
     log.info(
         "server.starting",
@@ -118,7 +129,7 @@ def serve(config: Config, log_format: str | None = None) -> None:
     try:
         RelayServer(config, log_format).run()
     finally:
-        if folder.startswith(tempfile.gettempdir()):
+        if own_folder:
             shutil.rmtree(folder, ignore_errors=True)
 
 
