@@ -86,8 +86,18 @@ class Relay:
         )
 
 
-def warn_about_open_sources(relay: Relay) -> None:
-    """Say at start which sources accept anyone: allowed, never silent."""
+def warn_at_start(relay: Relay) -> None:
+    """Say at start what is allowed but risky: a source that accepts anyone,
+    or no default category (DoiT refuses a ticket without one, so alerts no
+    rule gives a category would end as dead letters)."""
+    if not relay.config.defaults.category:
+        log.warning(
+            "config.no_default_category",
+            extra={
+                "hint": "set defaults.category (RELAY_DEFAULT_CATEGORY) or give "
+                "every rule a category; DoiT refuses tickets without one"
+            },
+        )
     for name, source in relay.sources.items():
         if not source.auth_enabled:
             log.warning(
@@ -112,7 +122,7 @@ def create_app(
     app = Flask("relay")
     app.config["MAX_CONTENT_LENGTH"] = config.server.max_body_bytes
     app.extensions["relay"] = relay
-    warn_about_open_sources(relay)
+    warn_at_start(relay)
     _register_views(app, relay)
 
     if start_delivery:
@@ -162,7 +172,13 @@ def _register_views(app: Flask, relay: Relay) -> None:
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> tuple[Response, int]:
-        return _error(error.code or 500, error.description or error.name)
+        response, status = _error(error.code or 500, error.description or error.name)
+        # keep what the error says beside its text: a 405 names the methods
+        # that are allowed (Allow), as HTTP requires
+        for name, value in error.get_headers():
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response, status
 
     @app.errorhandler(Exception)
     def unexpected(error: Exception) -> tuple[Response, int]:
@@ -181,7 +197,7 @@ def receive(
     can fix.
     """
     try:
-        body = request.get_data(cache=False)
+        body = _read_body()
         inbound = Inbound(
             body=body,
             headers={k.lower(): v for k, v in request.headers.items()},
@@ -210,9 +226,9 @@ def receive(
         # a dependency of the source (an AWS certificate, say) is out of
         # reach: answer 5xx so that the sender retries later
         status = int(getattr(e, "status", 503))
+        status = status if status >= 500 else 503
         log.warning("webhook.upstream", extra={"source": source.name, "why": str(e)})
-        answer = {"error": str(e)}
-        return answer, status if status >= 500 else 503, {"Retry-After": "10"}
+        return {"error": str(e)}, status, {"Retry-After": "10"}
 
     now = time.time()
     store = relay.store
@@ -246,6 +262,28 @@ def receive(
     for decision in decisions:
         metrics.ALERTS.labels(source.name, decision.action, decision.rule).inc()
     return answer, 202 if decisions else 200, {}
+
+
+def _read_body() -> bytes:
+    """The request body, or RequestEntityTooLarge above the configured limit.
+
+    A body with a Content-Length over the limit is refused before it is
+    read. A streamed body (chunked, no Content-Length) is cut at the limit
+    by werkzeug without a word; reading one byte past the cut tells a body
+    of exactly the limit from a longer one, which must be refused rather
+    than parsed short.
+    """
+    body = request.get_data(cache=False)
+    limit = request.max_content_length
+    if (
+        limit is not None
+        and request.content_length is None
+        and len(body) >= limit
+        and request.environ.get("wsgi.input_terminated")
+        and request.input_stream.read(1)
+    ):
+        raise RequestEntityTooLarge()
+    return body
 
 
 def _unavailable(

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from relay.alert import Alert, Notification
@@ -46,7 +46,9 @@ class AlertDecision:
     reason: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        # every field is a string or None: a shallow read is a copy, and
+        # much cheaper than asdict() on the path of every webhook
+        return {k: v for k, v in vars(self).items() if v is not None}
 
 
 @dataclass
@@ -71,13 +73,22 @@ def key_material(
     if route.dedup_key:
         context = renderer.build_context([alert], notification.to_dict(), {})
         try:
-            return "custom\x00" + renderer.render_value(route.dedup_key, context)
+            custom = renderer.render_value(route.dedup_key, context)
         except RelayError as e:
             # a broken key template must not lose the alert: fall back to
             # the source's own identity
             log.warning(
                 "dedup.key_template_failed",
                 extra={"rule": route.rule, "error": str(e)},
+            )
+        else:
+            if custom:
+                return "custom\x00" + custom
+            # a key that renders empty (a label the alert lacks) would put
+            # every such alert on one ticket forever: use the identity
+            log.warning(
+                "dedup.key_template_empty",
+                extra={"rule": route.rule, "alert": alert.identity},
             )
     if route.ticket_per == "group" and notification.group is not None:
         return f"group\x00{route.rule}\x00{notification.group}"
@@ -115,7 +126,9 @@ def job_payload(
     return {
         "key": item.key,
         "source": notification.source,
-        "route": asdict(item.route),
+        # Route holds only strings, numbers, booleans and None: a shallow
+        # copy equals asdict() at a fraction of its cost
+        "route": dict(vars(item.route)),
         "alerts": [alert.to_dict() for alert in item.alerts],
         "group": notification.to_dict(),
         "observed_at": now,
@@ -130,12 +143,14 @@ def decide(
     now: float,
 ) -> list[AlertDecision]:
     """Decide on every alert of ``notification``, enqueueing the creates.
+    Returns one decision per alert, in the order of the alerts.
 
     Raises StoreUnavailable when the store cannot record; nothing is then
     half-decided that a retry of the whole notification would not repeat
     harmlessly, since every observation is idempotent for a live key.
     """
-    items, decisions = plan(notification, rules, renderer)
+    items, dropped = plan(notification, rules, renderer)
+    decided: dict[int, AlertDecision] = {}
     for item in items:
         firing = any(alert.firing for alert in item.alerts)
         grouped = item.route.ticket_per == "group" and notification.group is not None
@@ -143,15 +158,13 @@ def decide(
             # alerts cut by max_alerts may still be firing: never take the
             # group as resolved on a partial view
             for alert in item.alerts:
-                decisions.append(
-                    AlertDecision(
-                        alert.name,
-                        alert.status,
-                        "ignored",
-                        item.route.rule,
-                        key=item.key,
-                        reason="group truncated by max_alerts; not taken as resolved",
-                    )
+                decided[id(alert)] = AlertDecision(
+                    alert.name,
+                    alert.status,
+                    "ignored",
+                    item.route.rule,
+                    key=item.key,
+                    reason="group truncated by max_alerts; not taken as resolved",
                 )
             continue
 
@@ -178,15 +191,17 @@ def decide(
             },
         )
         for alert in item.alerts:
-            decisions.append(
-                AlertDecision(
-                    alert.name,
-                    alert.status,
-                    outcome.decision,
-                    item.route.rule,
-                    key=item.key,
-                    ticket_id=state.ticket_id if state else None,
-                    ticket_url=state.ticket_url if state else None,
-                )
+            decided[id(alert)] = AlertDecision(
+                alert.name,
+                alert.status,
+                outcome.decision,
+                item.route.rule,
+                key=item.key,
+                ticket_id=state.ticket_id if state else None,
+                ticket_url=state.ticket_url if state else None,
             )
-    return decisions
+
+    # one decision per alert in the order the sender listed them (dropped
+    # ones in their place too), so that the answer lines up with the alerts
+    rest = iter(dropped)
+    return [decided.get(id(alert)) or next(rest) for alert in notification.alerts]

@@ -56,7 +56,9 @@ class Delivery:
     may call :meth:`run_once` on one instance.
 
     ``client`` is None in dry-run mode: tickets are rendered and logged,
-    never sent.
+    never sent. ``clock`` is the time every store call is given and
+    ``sleep`` how a worker waits for the shared API budget; a test passes a
+    fake pair. The default sleep wakes up at once on :meth:`stop`.
     """
 
     def __init__(
@@ -66,7 +68,7 @@ class Delivery:
         *,
         consumer: str | None = None,
         clock: Callable[[], float] = time.time,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] | None = None,
     ) -> None:
         self.relay = relay
         self.store = relay.store
@@ -74,8 +76,8 @@ class Delivery:
         self.client = client
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self.clock = clock
-        self.sleep = sleep
         self.stopping = threading.Event()
+        self.sleep: Callable[[float], None] = sleep or self._wait
 
     # the loop
 
@@ -216,9 +218,8 @@ class Delivery:
         found: list[Ticket] = self._timed(
             "list", lambda: client.list_tickets(since_ms=since_ms)
         )
-        wanted = request.subject.strip()
         for ticket in found:
-            if ticket.subject.strip() == wanted:
+            if _same_ticket(ticket, request):
                 log.info(
                     "ticket.reconciled",
                     extra={"key": job.payload["key"], "ticket_id": ticket.id},
@@ -242,13 +243,20 @@ class Delivery:
         self, job: Job, request: TicketRequest, error: DoitError
     ) -> None:
         now = self.clock()
+        if now - job.enqueued_at >= self.settings.max_age:
+            # an API that never gives a clear answer must not keep a job
+            # (and its list and create calls) alive forever
+            self.after_failure(job, error)
+            return
         payload = dict(job.payload)
         payload.setdefault("ambiguous_since", now)
         log.warning(
             "ticket.ambiguous",
             extra={"key": payload["key"], "job": job.id, "error": str(error)},
         )
-        self._reschedule(job, now + AMBIGUOUS_RETRY_DELAY, str(error), payload)
+        # backed off like any retry, so that repeated timeouts slow down
+        delay = max(AMBIGUOUS_RETRY_DELAY, self.backoff(job.attempts))
+        self._reschedule(job, now + delay, str(error), payload)
 
     def after_failure(self, job: Job, error: Exception) -> None:
         now = self.clock()
@@ -309,7 +317,13 @@ class Delivery:
     # helpers
 
     def _mark(self, job: Job) -> str:
-        return f"inflight:{job.id}"
+        # one mark per attempt: an attempt that failed cleanly (a 503, a
+        # refused connection) counts one more attempt, so its mark does not
+        # send the next one looking; a crash counts none, so it does
+        return f"inflight:{job.id}:{job.attempts}"
+
+    def _wait(self, seconds: float) -> None:
+        self.stopping.wait(seconds)
 
     def _take_budget(self) -> None:
         """Wait for a slot of the API budget shared by every replica."""
@@ -318,8 +332,11 @@ class Delivery:
             wait = self.store.take_budget(limit, self.clock())
             if wait <= 0:
                 return
-            if self.stopping.wait(min(wait, 5.0)):
+            if self.stopping.is_set():
                 raise StoreUnavailable("shutting down while waiting for API budget")
+            # through self.sleep, so that the wait follows the same clock as
+            # the budget: a fake clock that never moved would spin here
+            self.sleep(min(wait, 5.0))
 
     def _timed(self, method: str, call: Callable[[], Any]) -> Any:
         started = time.perf_counter()
@@ -361,6 +378,16 @@ def render_payload(
         payload["source"],
     )
     return fields, rendered
+
+
+def _same_ticket(ticket: Ticket, request: TicketRequest) -> bool:
+    """Whether a listed ticket is the one ``request`` would create: the same
+    subject, and the same severity and platform where the list shows them."""
+    if ticket.subject.strip() != request.subject.strip():
+        return False
+    if ticket.severity and ticket.severity != request.severity:
+        return False
+    return not ticket.platform or ticket.platform == request.platform
 
 
 class WorkerPool:

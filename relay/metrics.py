@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 # the *_created series double every counter for little use to an operator
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 WEBHOOKS = Counter(
     "relay_webhooks_total",

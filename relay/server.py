@@ -114,6 +114,7 @@ def serve(config: Config, log_format: str | None = None) -> None:
     """Run the server until it is stopped."""
     # only a directory made here is removed afterwards, never an operator's
     own_folder = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    master = os.getpid()
     folder = prepare_metrics_dir()
     log.info(
         "server.starting",
@@ -129,7 +130,10 @@ def serve(config: Config, log_format: str | None = None) -> None:
     try:
         RelayServer(config, log_format).run()
     finally:
-        if own_folder:
+        # a worker leaves gunicorn by raising SystemExit through this very
+        # frame (it was forked inside run()); only the master may remove
+        # the directory, which the other workers are still writing to
+        if own_folder and os.getpid() == master:
             shutil.rmtree(folder, ignore_errors=True)
 
 
