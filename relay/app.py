@@ -147,7 +147,9 @@ def _register_views(app: Flask, relay: Relay) -> None:
             relay.store.ping()
         except StoreUnavailable as e:
             return jsonify({"status": "unavailable", "store": str(e)}), 503
-        return jsonify({"status": "ready", "config": relay.config.path}), 200
+        path = relay.config.path
+        shown = path if path and Path(path).is_file() else "embedded defaults"
+        return jsonify({"status": "ready", "config": shown}), 200
 
     @app.get("/metrics")
     def metrics_view() -> Response:

@@ -181,23 +181,25 @@ def test_metrics_add_up_every_worker_whichever_answers(
         == 0
     )
 
-    # a worker that leaves, cleanly (as after a timeout or a restart of
-    # workers) or killed, takes no count with it, nor the other workers'
-    # files; its replacement adds its own
-    for signum in (signal.SIGTERM, signal.SIGKILL):
-        replace_a_worker(relay, signum)
+    # both workers go, one cleanly (as after a timeout or a restart of
+    # workers), one killed: neither takes its counts with it nor breaks the
+    # other's, and the counts of processes long gone still add up with
+    # those of their replacements
+    originals = relay.children()
+    for pid, signum in zip(originals, (signal.SIGTERM, signal.SIGKILL), strict=True):
+        replace_worker(relay, pid, signum)
         assert post_group(relay.url, f"Metrics-{signum.name}").status_code == 202
+    assert not set(originals) & set(relay.children())
     for _ in range(5):
         samples = scrape_metrics(relay.url)
         webhooks = metric_total(samples, "relay_webhooks_total", code="202")
         assert webhooks == len(names) + 2
 
 
-def replace_a_worker(relay: RelayProcess, signum: signal.Signals) -> None:
+def replace_worker(relay: RelayProcess, pid: int, signum: signal.Signals) -> None:
     """Signal one of gunicorn's workers and wait for its replacement."""
-    gone = relay.children()[0]
-    os.kill(gone, signum)
-    wait_until(lambda: gone not in relay.children() and len(relay.children()) == 2)
+    os.kill(pid, signum)
+    wait_until(lambda: pid not in relay.children() and len(relay.children()) == 2)
 
 
 # -- a crash in the middle of the queue ------------------------------------
