@@ -112,7 +112,7 @@ def test_serve_answers_its_probes_and_stops_cleanly(
     assert health.json() == {"status": "ok"}
     assert ready.status_code == 200
     assert ready.json()["status"] == "ready"
-    assert len(relay.children()) == 2
+    wait_until(lambda: len(relay.children()) == 2, timeout=60)
     # SIGTERM: the workers stop their delivery threads and the master exits
     # 0, removing the metrics directory it made
     metrics_dir = re.search(r'metrics_dir="([^"]+)"', relay.log_text())
@@ -137,7 +137,8 @@ def test_serve_runs_from_the_environment_alone(
     ready = requests.get(f"{relay.url}/readyz", timeout=10)
 
     assert ready.status_code == 200, ready.text
-    assert len(relay.children()) == 2
+    # the second worker may still be booting when the first one answers
+    wait_until(lambda: len(relay.children()) == 2, timeout=60)
     assert relay.stop() == 0
 
 
