@@ -5,11 +5,16 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
 
 from relay.emulator import EmulatorServer
+from relay.store.base import Store
+from relay.store.redis import RedisStore
+from relay.store.sqlite import SQLiteStore
+from tests.servers import RelayProcess
 
 REDIS_URL = os.environ.get("RELAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
@@ -62,3 +67,26 @@ def emulator() -> Iterator[EmulatorServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """A real store of each kind, empty. (The store contract tests define
+    their own.)"""
+    opened: Store
+    if request.param == "sqlite":
+        opened = SQLiteStore(str(tmp_path / "relay.db"))
+    else:
+        prefix = request.getfixturevalue("redis_prefix")
+        opened = RedisStore(request.getfixturevalue("redis_url"), prefix=prefix)
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def processes() -> Iterator[list[RelayProcess]]:
+    """Every relay process a test starts; all stopped (or killed) after it."""
+    started: list[RelayProcess] = []
+    yield started
+    for process in started:
+        process.stop()

@@ -21,24 +21,10 @@ from relay.config import Config
 from relay.dedup import AlertDecision, decide, make_key, plan
 from relay.sources.alertmanager import AlertmanagerSource
 from relay.store.base import Store
-from relay.store.redis import RedisStore
 from relay.store.sqlite import SQLiteStore
 
 T0 = 1_714_564_800.0
 HOUR = 3600.0
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    """A real store of each kind, empty."""
-    opened: Store
-    if request.param == "sqlite":
-        opened = SQLiteStore(str(tmp_path / "relay.db"))
-    else:
-        prefix = request.getfixturevalue("redis_prefix")
-        opened = RedisStore(request.getfixturevalue("redis_url"), prefix=prefix)
-    yield opened
-    opened.close()
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import logging
 import math
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,8 +25,6 @@ from relay.doit import DoitClient, RetryableError, Ticket, TicketRequest
 from relay.emulator import EmulatorServer
 from relay.sources.alertmanager import AlertmanagerSource
 from relay.store.base import Job, Store
-from relay.store.redis import RedisStore
-from relay.store.sqlite import SQLiteStore
 from tests.servers import free_port
 
 CATEGORY = "databases__amazon_rds"
@@ -49,19 +46,6 @@ class FakeClock:
     def sleep(self, seconds: float) -> None:
         self.slept.append(seconds)
         self.now += seconds
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    """A real store of each kind, empty."""
-    opened: Store
-    if request.param == "sqlite":
-        opened = SQLiteStore(str(tmp_path / "relay.db"))
-    else:
-        prefix = request.getfixturevalue("redis_prefix")
-        opened = RedisStore(request.getfixturevalue("redis_url"), prefix=prefix)
-    yield opened
-    opened.close()
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -46,15 +45,6 @@ sources:
   alertmanager: {{auth: {{bearer_token: {TOKEN}}}}}
 defaults: {{category: containers___kubernetes__google_gke}}
 """
-
-
-@pytest.fixture
-def processes() -> Iterator[list[RelayProcess]]:
-    """Every relay process a test starts; all stopped (or killed) after it."""
-    started: list[RelayProcess] = []
-    yield started
-    for process in started:
-        process.stop()
 
 
 def start_relay(

@@ -13,7 +13,6 @@ import re
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -46,15 +45,6 @@ sources:
   alertmanager: {{auth: {{bearer_token: {TOKEN}}}}}
 defaults: {{category: containers___kubernetes__google_gke}}
 """
-
-
-@pytest.fixture
-def processes() -> Iterator[list[RelayProcess]]:
-    """Every relay process a test starts; all stopped (or killed) after it."""
-    started: list[RelayProcess] = []
-    yield started
-    for process in started:
-        process.stop()
 
 
 def serve_env(tmp_path: Path, emulator: EmulatorServer, **extra: str) -> dict[str, str]:
