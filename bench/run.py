@@ -19,7 +19,8 @@ Everything it starts runs in its own process group and is stopped in a
 ``finally`` block; the Redis keys of its prefix are deleted at the end.
 Results are printed and written to ``bench/results/latest.json``.
 
-Knobs (environment): BENCH_DURATION (seconds per phase, default 12),
+Knobs (environment): BENCH_DURATION (seconds a phase, default 10),
+BENCH_ROUNDS (rounds of the duplicate path, best taken, default 3),
 BENCH_CONNECTIONS (wrk connections, default 16), BENCH_WRK_THREADS (1),
 BENCH_WORKERS / BENCH_THREADS (gunicorn, default 2 / 4), BENCH_SOAK (0),
 BENCH_DRAIN_MAX (seconds to wait for the queue to empty, default 120),
@@ -80,10 +81,10 @@ def _env_int(name: str, default: int) -> int:
 class Settings:
     """What one run uses; printed and saved with the results."""
 
-    duration: int = field(default_factory=lambda: _env_int("BENCH_DURATION", 12))
+    duration: int = field(default_factory=lambda: _env_int("BENCH_DURATION", 10))
+    rounds: int = field(default_factory=lambda: max(1, _env_int("BENCH_ROUNDS", 3)))
     connections: int = field(default_factory=lambda: _env_int("BENCH_CONNECTIONS", 16))
     wrk_threads: int = field(default_factory=lambda: _env_int("BENCH_WRK_THREADS", 1))
-    paced_connections: int = 32
     workers: int = field(default_factory=lambda: _env_int("BENCH_WORKERS", 2))
     threads: int = field(default_factory=lambda: _env_int("BENCH_THREADS", 4))
     worker_class: str = "gthread"
@@ -285,6 +286,19 @@ def _rss_kib(pid: int) -> int:
     except OSError:
         pass
     return 0
+
+
+def cpu_seconds(master: int) -> float:
+    """User and system CPU time the master's workers have used so far."""
+    ticks = 0
+    for pid in _children(master):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rpartition(")")[2].split()
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -545,15 +559,18 @@ def calibrate_delay(
     settings: Settings,
     target: float,
     base_latency_ms: float,
-) -> tuple[int, float]:
-    """The mean per-connection delay (ms) that offers about ``target``
-    requests a second, from two short trial runs; returns (delay, rate of
-    the last trial)."""
-    conns = settings.paced_connections
-    # each connection sends one request every delay + latency
+) -> int:
+    """The mean pause (ms) between a connection's requests that offers about
+    ``target`` requests a second: up to three short trials, each correcting
+    the last by what a request was seen to cost a connection; the closest
+    one wins (a correction may overshoot when latency grows with load)."""
+    conns = settings.connections
+    # each connection sends one request every pause + latency
     delay = max(1, round(conns / target * 1000 - base_latency_ms))
-    rate = 0.0
+    tried: dict[int, float] = {}
     for _ in range(3):
+        if delay in tried:
+            break
         trial = wrk(
             url,
             "duplicate.lua",
@@ -562,16 +579,35 @@ def calibrate_delay(
             connections=conns,
             threads=settings.wrk_threads,
         )
-        rate = trial.rps
-        if abs(rate - target) / target < 0.05:
+        tried[delay] = trial.rps
+        if trial.rps <= 0 or abs(trial.rps - target) / target < 0.05:
             break
-        # what one request costs a connection besides the delay, as seen
-        overhead = max(0.0, conns / rate * 1000 - delay)
+        overhead = max(0.0, conns / trial.rps * 1000 - delay)
         delay = max(1, round(conns / target * 1000 - overhead))
-    return delay, rate
+    return min(tried, key=lambda d: abs(tried[d] - target))
 
 
 # -- the run ---------------------------------------------------------------
+
+
+@dataclass
+class Target:
+    """One server under test: the relay or the bare app."""
+
+    name: str
+    url: str
+    service: Service
+
+
+@dataclass
+class Measured:
+    """A wrk run and what the target's workers spent on it."""
+
+    wrk: WrkResult
+    cpu_us_per_request: float
+
+    def show(self) -> str:
+        return f"{self.wrk.show()}, {self.cpu_us_per_request:.0f} µs CPU/request"
 
 
 def main() -> int:
@@ -593,7 +629,6 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     started = time.monotonic()
-    results: dict[str, Any] = {}
     with (
         tempfile.TemporaryDirectory(prefix="relay-bench-") as tmp,
         ExitStack() as stack,
@@ -614,6 +649,60 @@ def main() -> int:
     return 0
 
 
+def start_services(
+    settings: Settings, work: Path, stack: ExitStack
+) -> tuple[str, Target, Target]:
+    """The emulator, the relay and the bare app, each stopped by ``stack``;
+    returns the emulator's URL and the two targets once all answer."""
+    config = write_config(settings, work)
+    relay_bin = str(VENV_BIN / "relay")
+    emulator_port, relay_port, bare_port = free_port(), free_port(), free_port()
+    emulator_bind = f"127.0.0.1:{emulator_port}"
+    emulator_url = f"http://{emulator_bind}"
+
+    emulator = Service(
+        "emulator",
+        [relay_bin, "--log-level", "warning", "emulator", "--bind", emulator_bind],
+        base_env({}),
+        work,
+    )
+    stack.callback(emulator.stop)
+    relay_env = {
+        "RELAY_BIND": f"127.0.0.1:{relay_port}",
+        "DOIT_API_URL": emulator_url,
+        "DOIT_API_KEY": "bench-key",
+        "RELAY_STORE": settings.redis_url,
+        "RELAY_STORE_PREFIX": settings.prefix,
+        "PROMETHEUS_MULTIPROC_DIR": str(work / "metrics-relay"),
+    }
+    relay = Service(
+        "relay",
+        [relay_bin, "--config", str(config), "serve"],
+        base_env(relay_env),
+        work,
+    )
+    stack.callback(relay.stop)
+    bare_env = {
+        "RELAY_BIND": f"127.0.0.1:{bare_port}",
+        "PROMETHEUS_MULTIPROC_DIR": str(work / "metrics-bare"),
+    }
+    bare = Service(
+        "bare",
+        [sys.executable, "-m", "bench.bare", "--config", str(config)],
+        base_env(bare_env),
+        work,
+    )
+    stack.callback(bare.stop)
+    wait_http(f"{emulator_url}/_emulator/stats", emulator)
+    targets = (
+        Target("relay", f"http://127.0.0.1:{relay_port}", relay),
+        Target("bare", f"http://127.0.0.1:{bare_port}", bare),
+    )
+    for target in targets:
+        wait_http(f"{target.url}/healthz", target.service)
+    return emulator_url, *targets
+
+
 def run(
     settings: Settings,
     work: Path,
@@ -623,227 +712,192 @@ def run(
 ) -> dict[str, Any]:
     from relay.store import open_store
 
-    config = write_config(settings, work)
-    relay_bin = str(VENV_BIN / "relay")
-    emulator_port, relay_port, bare_port = free_port(), free_port(), free_port()
-    emulator_url = f"http://127.0.0.1:{emulator_port}"
-    relay_url = f"http://127.0.0.1:{relay_port}"
-    bare_url = f"http://127.0.0.1:{bare_port}"
-    hook = "/webhooks/alertmanager"
-
+    load_before = os.getloadavg()[0]
     say("relay benchmark (loopback only)")
-    say(f"  machine: {os.cpu_count()} CPUs (nproc), Python {platform.python_version()}")
+    say(f"  machine: nproc {os.cpu_count()}, Python {platform.python_version()}")
     say(
-        f"  gunicorn: worker_class={settings.worker_class} workers={settings.workers} "
-        f"threads={settings.threads} (relay and bare alike)"
+        f"  gunicorn: worker_class={settings.worker_class} "
+        f"workers={settings.workers} threads={settings.threads} "
+        "(relay and bare alike)"
     )
     say(
         f"  relay: Redis store {settings.redis_url} prefix {settings.prefix}, "
-        f"{settings.delivery_workers_per_process} delivery threads per worker, "
+        f"{settings.delivery_workers_per_process} delivery threads a worker, "
         f"log level {settings.log_level} (JSON lines to a file)"
     )
     say(
-        f"  DoiT budget lifted for the bench: doit.rate_limit_per_minute="
+        "  DoiT budget lifted for the bench: doit.rate_limit_per_minute="
         f"{settings.rate_limit_per_minute:,} (the real API allows 1,000/minute)"
     )
     say(
         f"  wrk: {settings.wrk_threads} thread(s), {settings.connections} "
-        f"connections, {settings.duration}s a phase"
+        f"connections, {settings.duration}s a phase; load average before: "
+        f"{load_before:.2f}"
     )
     say()
 
-    emulator = Service(
-        "emulator",
-        [
-            relay_bin,
-            "--log-level",
-            "warning",
-            "emulator",
-            "--bind",
-            f"127.0.0.1:{emulator_port}",
-        ],
-        base_env({}),
-        work,
-    )
-    stack.callback(emulator.stop)
-    relay_env = base_env(
-        {
-            "RELAY_BIND": f"127.0.0.1:{relay_port}",
-            "DOIT_API_URL": emulator_url,
-            "DOIT_API_KEY": "bench-key",
-            "RELAY_STORE": settings.redis_url,
-            "RELAY_STORE_PREFIX": settings.prefix,
-            "PROMETHEUS_MULTIPROC_DIR": str(work / "metrics-relay"),
-        }
-    )
-    relay = Service(
-        "relay", [relay_bin, "--config", str(config), "serve"], relay_env, work
-    )
-    stack.callback(relay.stop)
-    bare = Service(
-        "bare",
-        [sys.executable, "-m", "bench.bare", "--config", str(config)],
-        base_env(
-            {
-                "RELAY_BIND": f"127.0.0.1:{bare_port}",
-                "PROMETHEUS_MULTIPROC_DIR": str(work / "metrics-bare"),
-            }
-        ),
-        work,
-    )
-    stack.callback(bare.stop)
-    wait_http(f"{emulator_url}/_emulator/stats", emulator)
-    wait_http(f"{relay_url}/healthz", relay)
-    wait_http(f"{bare_url}/healthz", bare)
+    emulator_url, relay, bare = start_services(settings, work, stack)
     store = open_store(settings.redis_url, settings.prefix)
     stack.callback(store.close)
+    hook = "/webhooks/alertmanager"
 
-    def wrk_run(url: str, script: str, args: list[str], seconds: int) -> WrkResult:
+    def tickets() -> int:
+        return int(get_json(f"{emulator_url}/_emulator/stats")["tickets"])
+
+    def measure(
+        target: Target,
+        script: str,
+        args: list[str],
+        seconds: int,
+        connections: int | None = None,
+    ) -> Measured:
+        before = cpu_seconds(target.service.pid)
         result = wrk(
-            url + hook,
+            target.url + hook,
             script,
-            args,
+            [settings.token, *args],
             seconds=seconds,
-            connections=settings.connections,
+            connections=connections or settings.connections,
             threads=settings.wrk_threads,
         )
+        spent = cpu_seconds(target.service.pid) - before
+        target.service.check_alive()
         if result.failed:
-            raise RuntimeError(f"{url} {script}: requests failed: {result.errors}")
-        return result
+            raise RuntimeError(
+                f"{target.name} {script}: requests failed: {result.errors}"
+            )
+        per_request = spent / result.requests * 1e6 if result.requests else 0.0
+        return Measured(result, round(per_request, 1))
 
-    rss: dict[str, RssSample] = {"relay_idle": RssSample.take(relay.pid, started)}
+    rss = {"relay_idle": RssSample.take(relay.service.pid, started)}
     say(f"relay RSS after start: {rss['relay_idle'].show()}")
 
-    # prime the storm's group once: every measured request is then a duplicate
-    status, answer = post_json(relay_url + hook, duplicate_body(), settings.token)
-    first = answer.get("decisions", [{}])[0].get("action") if status == 202 else None
-    if first != "queued":
-        raise RuntimeError(
-            f"priming the group: expected 202 queued; got {status} {answer}"
-        )
-    status, answer = post_json(relay_url + hook, duplicate_body(), settings.token)
-    if status != 202 or answer["decisions"][0]["action"] != "duplicate":
-        raise RuntimeError(f"expected a duplicate after priming; got {status} {answer}")
+    # prime the storm's group: every measured request is then a duplicate
+    for expected in ("queued", "duplicate"):
+        status, answer = post_json(relay.url + hook, duplicate_body(), settings.token)
+        decisions = answer.get("decisions") if isinstance(answer, dict) else None
+        action = decisions[0].get("action") if status == 202 and decisions else None
+        if action != expected:
+            raise RuntimeError(
+                f"priming the storm's group: expected 202 {expected}; "
+                f"got {status} {answer}"
+            )
 
     say(f"warming up ({WARMUP_SECONDS}s each)")
-    wrk_run(bare_url, "duplicate.lua", [settings.token], WARMUP_SECONDS)
-    wrk_run(relay_url, "duplicate.lua", [settings.token], WARMUP_SECONDS)
-    rss["relay_start"] = RssSample.take(relay.pid, started)
-    rss["bare_start"] = RssSample.take(bare.pid, started)
+    for target in (bare, relay):
+        measure(target, "duplicate.lua", [], WARMUP_SECONDS)
+    rss["relay_start"] = RssSample.take(relay.service.pid, started)
+    rss["bare_start"] = RssSample.take(bare.service.pid, started)
     say(f"relay RSS after warm-up: {rss['relay_start'].show()}")
 
     phases: dict[str, dict[str, Any]] = {}
 
-    say("duplicate path: bare")
-    bare_dup = wrk_run(bare_url, "duplicate.lua", [settings.token], settings.duration)
-    say(f"  {bare_dup.show()}")
-    say("duplicate path: relay")
-    tickets_before = get_json(f"{emulator_url}/_emulator/stats")["tickets"]
-    relay_dup = wrk_run(relay_url, "duplicate.lua", [settings.token], settings.duration)
-    say(f"  {relay_dup.show()}")
+    # -- the duplicate path: rounds of bare then relay, so that both meet
+    # the same share of whatever else the machine is doing; the best round
+    # of each is the figure, every round is kept in the results
+    rounds: dict[str, list[Measured]] = {"bare": [], "relay": []}
+    for number in range(1, settings.rounds + 1):
+        for target in (bare, relay):
+            say(f"duplicate path, round {number}/{settings.rounds}: {target.name}")
+            done = measure(target, "duplicate.lua", [], settings.duration)
+            rounds[target.name].append(done)
+            say(f"  {done.show()}")
+    dup = {name: max(runs, key=lambda m: m.wrk.rps) for name, runs in rounds.items()}
     wait_queue_empty(store, emulator_url, 30)
-    tickets_after = get_json(f"{emulator_url}/_emulator/stats")["tickets"]
-    if tickets_after > 1:
+    if tickets() != 1:
         raise RuntimeError(
-            f"the storm opened {tickets_after} tickets; one group must open one"
+            f"the storm of one group opened {tickets()} tickets; expected 1"
         )
-    phases["duplicate"] = {"relay": asdict(relay_dup), "bare": asdict(bare_dup)}
-    say(
-        f"  one group: {tickets_after} ticket in the emulator "
-        f"(before the run: {tickets_before})"
-    )
+    say("  the storm's group has its one ticket in the emulator, and no other")
+    phases["duplicate"] = phase_entry(dup)
+    phases["duplicate"]["rounds"] = {
+        name: [{"rps": m.wrk.rps, "p99_ms": m.wrk.p99_ms} for m in runs]
+        for name, runs in rounds.items()
+    }
 
-    target = relay_dup.rps / 2
-    say(
-        f"duplicate path paced at half the relay's peak ({target:.0f} rps): calibrating"
+    # -- the duplicate path at half the relay's peak
+    target_rps = dup["relay"].wrk.rps / 2
+    conns = settings.connections
+    say(f"duplicate path paced at half the relay's peak ({target_rps:.0f} rps)")
+    delay = calibrate_delay(
+        relay.url + hook, settings, target_rps, dup["relay"].wrk.p50_ms
     )
-    delay, _ = calibrate_delay(relay_url + hook, settings, target, relay_dup.p50_ms)
-    paced = wrk(
-        relay_url + hook,
-        "duplicate.lua",
-        [settings.token, str(delay)],
-        seconds=settings.duration,
-        connections=settings.paced_connections,
-        threads=settings.wrk_threads,
+    paced = measure(
+        relay, "duplicate.lua", [str(delay)], settings.duration, connections=conns
     )
-    if paced.failed:
-        raise RuntimeError(f"paced run: requests failed: {paced.errors}")
     say(
-        f"  offered ~{target:.0f} rps ({settings.paced_connections} connections, mean "
-        f"delay {delay} ms): achieved {paced.rps:.0f} rps, p50 {paced.p50_ms:.1f} ms, "
-        f"p99 {paced.p99_ms:.1f} ms"
+        f"  offered ~{target_rps:.0f} rps ({conns} connections, mean pause "
+        f"{delay} ms): achieved {paced.show()}"
     )
     phases["duplicate_half_peak"] = {
-        "relay": asdict(paced),
-        "target_rps": round(target, 1),
+        "relay": asdict(paced.wrk),
+        "relay_cpu_us_per_request": paced.cpu_us_per_request,
+        "target_rps": round(target_rps, 1),
         "mean_delay_ms": delay,
-        "connections": settings.paced_connections,
+        "connections": conns,
     }
 
+    # -- the new-alert path, then the drain of what it queued
     run_id = secrets.token_hex(3)
+    new: dict[str, Measured] = {}
     say("new-alert path: bare")
-    bare_new = wrk_run(
-        bare_url, "new_alert.lua", [settings.token, run_id], settings.duration
-    )
-    say(f"  {bare_new.show()}")
+    new["bare"] = measure(bare, "new_alert.lua", [run_id], settings.duration)
+    say(f"  {new['bare'].show()}")
     say("new-alert path: relay (delivery into the emulator runs meanwhile)")
-    tickets_before = get_json(f"{emulator_url}/_emulator/stats")["tickets"]
-    relay_new = wrk_run(
-        relay_url, "new_alert.lua", [settings.token, run_id], settings.duration
-    )
-    tickets_during = (
-        get_json(f"{emulator_url}/_emulator/stats")["tickets"] - tickets_before
-    )
-    say(f"  {relay_new.show()}")
-    pending, scheduled, dead = queue_depth(store)
+    tickets_before = tickets()
+    new["relay"] = measure(relay, "new_alert.lua", [run_id], settings.duration)
+    created_during = tickets() - tickets_before
+    say(f"  {new['relay'].show()}")
+    pending, scheduled, _ = queue_depth(store)
     say(
-        f"  {relay_new.requests} new groups; {tickets_during} tickets created during "
-        f"the run, {pending} jobs left in the queue"
+        f"  {created_during} tickets created during the run; "
+        f"{pending + scheduled} jobs left in the queue"
     )
-    phases["new_alert"] = {
-        "relay": asdict(relay_new),
-        "bare": asdict(bare_new),
-        "tickets_during_run": tickets_during,
-        "queue_after_run": pending + scheduled,
-    }
+    phases["new_alert"] = phase_entry(new)
+    phases["new_alert"]["tickets_during_run"] = created_during
+    phases["new_alert"]["queue_after_run"] = pending + scheduled
 
     say(f"drain: waiting up to {settings.drain_max}s for the queue to empty")
     emptied, drain_seconds, drained = wait_queue_empty(
         store, emulator_url, settings.drain_max
     )
     pending, scheduled, dead = queue_depth(store)
-    total_tickets = get_json(f"{emulator_url}/_emulator/stats")["tickets"]
-    drain_rate = drained / drain_seconds if drain_seconds > 0 else 0.0
-    expected = 1 + relay_new.requests
+    # wrk counts the answers it read; requests still in flight when it
+    # stopped were recorded too, so the groups are counted in the store
+    groups = count_keys(redis_client, settings.prefix, "key")
+    total = tickets()
+    rate = drained / drain_seconds if drain_seconds > 0 else 0.0
     say(
         f"  {'emptied' if emptied else 'NOT emptied'}: {drained} tickets in "
-        f"{drain_seconds:.1f}s = {drain_rate:.0f} tickets/s; "
-        f"{total_tickets} tickets in all for {expected} groups; dead {dead}"
+        f"{drain_seconds:.1f}s = {rate:.0f} tickets/s; {total} tickets for "
+        f"{groups} groups recorded; {dead} dead letters"
     )
+    if emptied and (total != groups or dead):
+        raise RuntimeError(
+            f"{total} tickets for {groups} groups ({dead} dead): expected one each"
+        )
     drain = {
         "emptied": emptied,
         "seconds": round(drain_seconds, 2),
         "tickets": drained,
-        "tickets_per_second": round(drain_rate, 1),
-        "tickets_total": total_tickets,
-        "groups_total": expected,
-        "left_pending": pending + scheduled,
+        "tickets_per_second": round(rate, 1),
+        "tickets_total": total,
+        "groups_total": groups,
+        "left_in_queue": pending + scheduled,
         "dead": dead,
     }
 
-    rss["relay_end"] = RssSample.take(relay.pid, started)
-    rss["bare_end"] = RssSample.take(bare.pid, started)
+    rss["relay_end"] = RssSample.take(relay.service.pid, started)
+    rss["bare_end"] = RssSample.take(bare.service.pid, started)
     say(f"relay RSS at the end of the runs: {rss['relay_end'].show()}")
 
-    soak: dict[str, Any] | None = None
-    if settings.soak:
-        soak = run_soak(settings, relay_url + hook, relay, started)
-
+    soak = run_soak(settings, relay, hook, started) if settings.soak else None
     results = {
         "machine": {
             "nproc": os.cpu_count(),
             "python": platform.python_version(),
             "platform": platform.platform(),
+            "load_average_before": round(load_before, 2),
         },
         "settings": {
             k: v for k, v in asdict(settings).items() if k not in ("token", "prefix")
@@ -857,42 +911,56 @@ def run(
     return results
 
 
+def phase_entry(measured: dict[str, Measured]) -> dict[str, Any]:
+    relay, bare = measured["relay"], measured["bare"]
+    return {
+        "relay": asdict(relay.wrk),
+        "bare": asdict(bare.wrk),
+        "ratio": round(relay.wrk.rps / bare.wrk.rps, 3) if bare.wrk.rps else 0.0,
+        "relay_cpu_us_per_request": relay.cpu_us_per_request,
+        "bare_cpu_us_per_request": bare.cpu_us_per_request,
+    }
+
+
+def count_keys(client: redis.Redis, prefix: str, kind: str) -> int:
+    return sum(1 for _ in client.scan_iter(match=f"{{{prefix}}}:{kind}:*", count=1000))
+
+
 def run_soak(
-    settings: Settings, url: str, relay: Service, started: float
+    settings: Settings, relay: Target, hook: str, started: float
 ) -> dict[str, Any]:
     """The duplicate path at full speed for ``settings.soak`` seconds, the
     workers' memory sampled every 30 seconds."""
-    say(
-        f"soak: duplicate path for {settings.soak}s, RSS every {SOAK_SAMPLE_EVERY:.0f}s"
-    )
-    samples = [RssSample.take(relay.pid, started)]
+    every = SOAK_SAMPLE_EVERY
+    say(f"soak: duplicate path for {settings.soak}s, RSS every {every:.0f}s")
+    master = relay.service.pid
+    samples = [RssSample.take(master, started)]
     say(f"  {0:>5.0f}s  {samples[0].show()}")
     soak_start = time.monotonic()
     with wrk_background(
-        url,
+        relay.url + hook,
         "duplicate.lua",
         [settings.token],
         seconds=settings.soak,
         connections=settings.connections,
         threads=settings.wrk_threads,
     ) as finish:
-        next_at = soak_start + SOAK_SAMPLE_EVERY
+        next_at = soak_start + every
         while next_at <= soak_start + settings.soak:
             time.sleep(max(0.0, next_at - time.monotonic()))
-            relay.check_alive()
-            sample = RssSample.take(relay.pid, started)
-            samples.append(sample)
-            say(f"  {next_at - soak_start:>5.0f}s  {sample.show()}")
-            next_at += SOAK_SAMPLE_EVERY
+            relay.service.check_alive()
+            samples.append(RssSample.take(master, started))
+            say(f"  {next_at - soak_start:>5.0f}s  {samples[-1].show()}")
+            next_at += every
         result = finish()
     if result.failed:
         raise RuntimeError(f"soak: requests failed: {result.errors}")
     first = samples[1] if len(samples) > 1 else samples[0]
     growth = samples[-1].workers_mib - first.workers_mib
     say(
-        f"  {result.requests} requests, {result.show()}; "
-        f"workers' RSS {first.workers_mib:.1f} -> {samples[-1].workers_mib:.1f} MiB "
-        f"({growth:+.1f} MiB after the first {SOAK_SAMPLE_EVERY:.0f}s)"
+        f"  {result.requests} requests, {result.show()}; workers' RSS "
+        f"{first.workers_mib:.1f} -> {samples[-1].workers_mib:.1f} MiB "
+        f"({growth:+.1f} MiB after the first {every:.0f}s)"
     )
     return {
         "seconds": settings.soak,
@@ -903,6 +971,7 @@ def run_soak(
 
 
 def report(settings: Settings, results: dict[str, Any]) -> None:
+    """The side-by-side table and the figures around it."""
     phases = results["phases"]
 
     def ms(r: dict[str, Any]) -> str:
@@ -916,80 +985,100 @@ def report(settings: Settings, results: dict[str, Any]) -> None:
             "relay/bare",
             "relay p50/p99 ms",
             "bare p50/p99 ms",
+            "CPU µs/req relay/bare",
         ]
     ]
-    for name, label in (("duplicate", "duplicate"), ("new_alert", "new alert")):
-        relay, bare = phases[name]["relay"], phases[name]["bare"]
-        ratio = relay["rps"] / bare["rps"] if bare["rps"] else 0.0
+    labels = (
+        ("duplicate", f"duplicate (best of {settings.rounds})"),
+        ("new_alert", "new alert"),
+    )
+    for name, label in labels:
+        entry = phases[name]
+        relay, bare = entry["relay"], entry["bare"]
         rows.append(
             [
                 label,
                 f"{relay['rps']:.0f}",
                 f"{bare['rps']:.0f}",
-                f"{ratio:.0%}",
+                f"{entry['ratio']:.0%}",
                 ms(relay),
                 ms(bare),
+                f"{entry['relay_cpu_us_per_request']:.0f} / "
+                f"{entry['bare_cpu_us_per_request']:.0f}",
             ]
         )
-        phases[name]["ratio"] = round(ratio, 3)
     half = phases["duplicate_half_peak"]
     rows.append(
         [
-            f"duplicate @ {half['target_rps']:.0f} rps offered",
+            f"duplicate, {half['target_rps']:.0f} rps offered",
             f"{half['relay']['rps']:.0f}",
             "-",
             "-",
             ms(half["relay"]),
             "-",
+            f"{half['relay_cpu_us_per_request']:.0f} / -",
         ]
     )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     say()
     say("results")
     for row in rows:
-        say(
-            "  "
-            + "  ".join(
-                cell.rjust(w) if i else cell.ljust(w)
-                for i, (cell, w) in enumerate(zip(row, widths, strict=True))
-            )
-        )
+        cells = [
+            cell.ljust(width) if i == 0 else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ]
+        say("  " + "  ".join(cells))
+    say(
+        "  CPU µs/req: the gunicorn workers' user+system time per answered "
+        "request; on the new-alert path the relay's includes delivering the "
+        "tickets meanwhile"
+    )
+    say()
     drain = results["drain"]
     say(
-        f"  drain into the emulator: {drain['tickets_per_second']:.0f} tickets/s "
-        f"({drain['tickets']} tickets in {drain['seconds']:.1f}s, "
-        f"{'queue emptied' if drain['emptied'] else 'queue NOT emptied'}); "
-        f"the real DoiT API allows 1,000/minute (16.7/s)"
+        f"drain into the emulator: {drain['tickets_per_second']:.0f} tickets/s "
+        f"({drain['tickets']} tickets in {drain['seconds']:.1f}s, queue "
+        f"{'emptied' if drain['emptied'] else 'NOT emptied'}); the DoiT API "
+        "allows 1,000/minute (16.7/s), lifted here"
     )
     rss = results["rss"]
     say(
-        f"  relay workers' RSS: {rss['relay_idle']['workers_mib']:.1f} MiB idle, "
+        f"relay workers' RSS: {rss['relay_idle']['workers_mib']:.1f} MiB idle, "
         f"{rss['relay_start']['workers_mib']:.1f} after warm-up, "
         f"{rss['relay_end']['workers_mib']:.1f} at the end "
         f"(bare: {rss['bare_start']['workers_mib']:.1f} -> "
         f"{rss['bare_end']['workers_mib']:.1f})"
     )
-    if results["soak"]:
-        soak = results["soak"]
+    soak = results["soak"]
+    if soak:
         say(
-            f"  soak {soak['seconds']}s: RSS growth after the first sample "
-            f"{soak['growth_after_first_sample_mib']:+.1f} MiB"
+            f"soak of {soak['seconds']}s: workers' RSS "
+            f"{soak['growth_after_first_sample_mib']:+.1f} MiB after the first "
+            "sample"
         )
-    ok_ratio = phases["duplicate"]["ratio"] >= 0.6
-    ok_p99 = half["relay"]["p99_ms"] < 50
+    ratio_ok = phases["duplicate"]["ratio"] >= 0.6
+    p99_ok = half["relay"]["p99_ms"] < 50
     say(
-        f"  targets: duplicate >= 60% of bare: {'met' if ok_ratio else 'MISSED'}; "
-        f"p99 < 50 ms at half peak: {'met' if ok_p99 else 'MISSED'}"
+        f"targets: duplicate path >= 60% of bare: "
+        f"{'met' if ratio_ok else 'MISSED'}; p99 < 50 ms at half the peak: "
+        f"{'met' if p99_ok else 'MISSED'}"
     )
+    machine = results["machine"]
     say(
-        f"  settings: gunicorn {settings.worker_class} workers={settings.workers} "
+        f"settings: gunicorn {settings.worker_class} workers={settings.workers} "
         f"threads={settings.threads}; wrk -t{settings.wrk_threads} "
-        f"-c{settings.connections} -d{settings.duration}s; "
-        f"doit.rate_limit_per_minute={settings.rate_limit_per_minute:,} (bench only)"
+        f"-c{settings.connections} -d{settings.duration}s, "
+        f"{settings.rounds} rounds of the duplicate path; "
+        f"doit.rate_limit_per_minute={settings.rate_limit_per_minute:,} "
+        "(bench only)"
     )
-    m = results["machine"]
-    say(f"  machine: nproc {m['nproc']}, Python {m['python']}, {m['platform']}")
-    say("  reproduce: make bench   (five-minute soak: BENCH_SOAK=300 make bench)")
+    say(
+        f"machine: nproc {machine['nproc']}, Python {machine['python']}, "
+        f"{machine['platform']}; load average before the run "
+        f"{machine['load_average_before']} (other work on the machine lowers "
+        "every figure)"
+    )
+    say("reproduce: make bench   (with a five-minute soak: BENCH_SOAK=300 make bench)")
 
 
 if __name__ == "__main__":
