@@ -179,7 +179,16 @@ def decide(
         )
         outcome = store.observe(observation, now)
         state = outcome.state
-        log.info(
+        # one info event per state change; a duplicate or an ignored
+        # resolve changes nothing an operator follows, and an alert storm
+        # would otherwise flood the log
+        level = (
+            logging.INFO
+            if outcome.decision in ("queued", "resolved")
+            else logging.DEBUG
+        )
+        log.log(
+            level,
             "alert.decided",
             extra={
                 "source": notification.source,

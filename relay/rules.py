@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from jinja2 import TemplateSyntaxError
+from jinja2 import TemplateSyntaxError, nodes
 
 from relay.alert import SOURCES, Alert, Notification
 from relay.config import (
@@ -54,6 +54,8 @@ FALLBACK_DEDUP_WINDOW = 7 * 86400.0
 FALLBACK_REOPEN_WINDOW = 86400.0
 
 TicketPer = Literal["group", "alert"]
+# rendered label-only rule values kept per process before the cache restarts
+LABEL_CACHE_SIZE = 4096
 _TEMPLATE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
 
 
@@ -149,6 +151,11 @@ class Rules:
         if self._problems:
             raise ConfigError("\n".join(self._problems))
         self._severity_map = _lower_keys(config.severity_map)
+        # rendered values of templates that read nothing but the alert's
+        # labels, by template and label set: an alert storm renders each
+        # once (label values are data, so the cache holds no code)
+        self._by_labels: dict[tuple[str, str, frozenset[tuple[str, str]]], str] = {}
+        self._labels_only: dict[str, bool] = {}
 
     def __len__(self) -> int:
         return len(self.rules)
@@ -295,6 +302,30 @@ class Rules:
         steps.append((DEFAULT_RULE, True, "no rule matched; the defaults apply"))
         return steps
 
+    # rendering rule values
+
+    def render_value(self, text: str, alert: Alert, context: dict[str, Any]) -> str:
+        """Render a templated rule value over ``context``; values of
+        templates that only read ``alert.labels`` are remembered per label
+        set. Raises RenderError."""
+        if not self._reads_only_labels(text):
+            return self.renderer.render_value(text, context)
+        key = (text, alert.source, frozenset(alert.labels.items()))
+        value = self._by_labels.get(key)
+        if value is None:
+            value = self.renderer.render_value(text, context)
+            if len(self._by_labels) >= LABEL_CACHE_SIZE:
+                self._by_labels.clear()
+            self._by_labels[key] = value
+        return value
+
+    def _reads_only_labels(self, text: str) -> bool:
+        known = self._labels_only.get(text)
+        if known is None:
+            known = _reads_only_labels(self.renderer, text)
+            self._labels_only[text] = known
+        return known
+
     # routing
 
     def route(self, alert: Alert, notification: Notification) -> Route:
@@ -393,7 +424,7 @@ class _Resolver:
         if not is_template(text):
             return text
         try:
-            return self.rules.renderer.render_value(text, self.context)
+            return self.rules.render_value(text, self.alert, self.context)
         except RenderError as e:
             self.fallback(field, text, str(e))
             return None
@@ -486,3 +517,23 @@ def _why_matched(rule: CompiledRule, alert: Alert) -> str:
 
 def _lower_keys(mapping: dict[str, str]) -> dict[str, str]:
     return {key.strip().lower(): value for key, value in mapping.items()}
+
+
+def _reads_only_labels(renderer: Renderer, text: str) -> bool:
+    """Whether a template's output depends on nothing but ``alert.labels``
+    (and ``source``): every use of ``alert`` is ``alert.labels``."""
+    try:
+        parsed = renderer.env.parse(text)
+    except TemplateSyntaxError:
+        return False
+    if renderer.undeclared(text, ()) - {"alert", "source"}:
+        return False
+    uses = [n for n in parsed.find_all(nodes.Name) if n.name == "alert"]
+    label_reads = [
+        n
+        for n in parsed.find_all(nodes.Getattr)
+        if isinstance(n.node, nodes.Name)
+        and n.node.name == "alert"
+        and n.attr == "labels"
+    ]
+    return len(uses) == len(label_reads)

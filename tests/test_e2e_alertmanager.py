@@ -29,7 +29,7 @@ class Decisions(logging.Handler):
     """Collects the relay's alert.decided events."""
 
     def __init__(self) -> None:
-        super().__init__(logging.INFO)
+        super().__init__(logging.DEBUG)
         self.seen: list[dict[str, Any]] = []
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -45,9 +45,12 @@ def decisions() -> Iterator[Decisions]:
     handler = Decisions()
     logger = logging.getLogger("relay.dedup")
     logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
+    level = logger.level
+    # duplicates are logged at debug level
+    logger.setLevel(logging.DEBUG)
     yield handler
     logger.removeHandler(handler)
+    logger.setLevel(level)
 
 
 @pytest.fixture

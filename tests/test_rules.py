@@ -361,6 +361,41 @@ def test_templated_values_are_rendered_over_the_alert(templates: Path) -> None:
     assert found.template == "gke"
 
 
+def test_label_only_values_are_rendered_once_per_label_set(
+    templates: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rules = rules_for(
+        templates,
+        {
+            "rules": [
+                {
+                    "name": "t",
+                    "ticket": {
+                        "category": "{{ alert.labels.component }}",
+                        "requester": "{{ alert.annotations.owner }}x@example.com",
+                    },
+                }
+            ]
+        },
+    )
+    rendered: list[str] = []
+    real = rules.renderer.render_value
+
+    def counting(text: str, context: dict[str, Any]) -> str:
+        rendered.append(text)
+        return real(text, context)
+
+    monkeypatch.setattr(rules.renderer, "render_value", counting)
+    for _ in range(3):
+        assert route(rules, make_alert(component="s3")).category == "s3"
+    assert route(rules, make_alert(component="gcs")).category == "gcs"
+
+    # the label-only category: once per label set; the requester reads an
+    # annotation, so it is rendered every time
+    assert rendered.count("{{ alert.labels.component }}") == 2
+    assert rendered.count("{{ alert.annotations.owner }}x@example.com") == 4
+
+
 def test_group_is_in_the_routing_context(templates: Path) -> None:
     rules = rules_for(
         templates,

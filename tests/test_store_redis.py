@@ -208,7 +208,7 @@ def test_open_store_understands_redis_urls(redis_url: str, redis_prefix: str) ->
 # cost
 
 
-def test_a_duplicate_observation_costs_one_round_trip(
+def test_a_duplicate_costs_one_round_trip_and_a_new_problem_two(
     redis_url: str, redis_prefix: str
 ) -> None:
     client = redis.Redis.from_url(
@@ -229,7 +229,9 @@ def test_a_duplicate_observation_costs_one_round_trip(
         client.close()
 
     assert (queued.decision, duplicate.decision) == ("queued", "duplicate")
-    assert after_queued == 1
+    # a new problem: a probe without the job, then the call that enqueues it
+    assert after_queued == 2
+    # the storm case: one call, and the job is never sent
     assert after_duplicate - after_queued == 1
 
 

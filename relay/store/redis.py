@@ -173,6 +173,11 @@ local function later(field, old, new)
 end
 
 if ARGV[2] == '1' then
+  if not live and ARGV[10] == '' then
+    -- a probe without the job: most sightings are duplicates, so the job is
+    -- only sent (in a second, fully atomic call) when it is needed
+    return {'need_job', '', {}}
+  end
   if not live then
     redis.call('DEL', key)
     redis.call('HSET', key, 'state', 'pending', 'first_seen', ARGV[1],
@@ -646,8 +651,9 @@ class RedisStore(Store):
     # dedup state
 
     def observe(self, obs: Observation, now: float) -> Outcome:
-        """Decide, update the key and enqueue in one script: one round trip,
-        atomic across every replica. See :meth:`Store.observe`."""
+        """Decide, update the key and enqueue in one script, atomic across
+        every replica: one round trip for a duplicate, two for a new problem
+        (the job is only sent when it is needed). See :meth:`Store.observe`."""
         job_id = uuid.uuid4().hex
         key = self._key_prefix + obs.key
         args = [
@@ -660,14 +666,20 @@ class RedisStore(Store):
             repr(now + obs.reopen_window),
             _ttl_ms(obs.reopen_window),
             job_id,
-            _dump(obs.job) if obs.firing else "",
+            "",
             obs.key,
             self._job_prefix,
             BATCH,
         ]
         keys = [key, self._job_prefix + job_id, self._queue, self._scheduled]
         with self._redis("record an observation"):
+            # first without the job: a duplicate (the storm case) is decided
+            # in one round trip and never encodes or ships it; a new problem
+            # takes a second call that decides again, atomically, with it
             reply = self._observe(keys=keys, args=args)
+            if _text(reply[0]) == "need_job":
+                args[9] = _dump(obs.job)
+                reply = self._observe(keys=keys, args=args)
 
         decision = _text(reply[0])
         fields = _pairs(reply[2])
