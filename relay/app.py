@@ -19,7 +19,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from relay import metrics
 from relay.config import Config, load_config
-from relay.dedup import AlertDecision, decide
+from relay.dedup import AlertDecision, RecentKeys, decide
 from relay.errors import (
     AuthError,
     ForbiddenError,
@@ -73,6 +73,7 @@ class Relay:
     rules: Rules
     renderer: Renderer
     sources: dict[str, Source] = field(default_factory=dict)
+    recent: RecentKeys | None = None
 
     @classmethod
     def build(cls, config: Config, store: Store | None = None) -> Relay:
@@ -83,6 +84,7 @@ class Relay:
             rules=Rules(config, folder),
             renderer=Renderer(folder),
             sources=build_sources(config),
+            recent=RecentKeys(config.store.duplicate_memory),
         )
 
 
@@ -247,7 +249,9 @@ def receive(
             answer = {"status": "acknowledged", "note": notification.note or ""}
             decisions = []
         else:
-            decisions = decide(notification, relay.rules, relay.renderer, store, now)
+            decisions = decide(
+                notification, relay.rules, relay.renderer, store, now, relay.recent
+            )
             answer = {
                 "status": "accepted",
                 "decisions": [d.to_dict() for d in decisions],

@@ -171,6 +171,9 @@ class ServerConfig(_Model):
 class StoreConfig(_Model):
     url: str = "sqlite:///relay.db"
     prefix: str = "relay"
+    # how long a process answers repeats of a problem the store called open
+    # without asking the store again (0 turns it off)
+    duplicate_memory: Duration = 1.0
 
     @field_validator("url")
     @classmethod

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from relay.alert import Alert, Notification
 from relay.errors import RelayError
-from relay.store.base import Decision, Observation, Store
+from relay.store.base import Decision, KeyState, Observation, Outcome, Store
 
 if TYPE_CHECKING:
     from relay.render import Renderer
@@ -135,15 +135,59 @@ def job_payload(
     }
 
 
+class RecentKeys:
+    """Problems this process saw open lately, to answer an alert storm's
+    repeats without asking the store each time.
+
+    A firing sighting of a live key is always a ``duplicate`` whatever else
+    happened meanwhile (a resolve inside the reopen window leaves it live
+    too), so a key the store has just called open, with its ticket, is
+    remembered for ``seconds``, and never past its own expiry. Those repeats
+    are answered and counted in the metrics, but not in the key's count, and
+    do not extend its life: both catch up at the next sighting the store
+    sees. Creates and resolves always go through the store. Safe to share
+    between threads.
+    """
+
+    def __init__(self, seconds: float, size: int = 10_000) -> None:
+        self.seconds = seconds
+        self.size = size
+        self._known: dict[str, tuple[KeyState, float]] = {}
+
+    def get(self, key: str, now: float) -> KeyState | None:
+        found = self._known.get(key)
+        if found is None:
+            return None
+        state, until = found
+        if until <= now:
+            self._known.pop(key, None)
+            return None
+        return state
+
+    def remember(self, state: KeyState | None, now: float) -> None:
+        if self.seconds <= 0 or state is None:
+            return
+        if state.state != "open" or not state.ticket_id:
+            return
+        if len(self._known) >= self.size:
+            self._known.clear()  # a bound, not a policy: the store knows all
+        self._known[state.key] = (state, min(now + self.seconds, state.expires_at))
+
+    def forget(self, key: str) -> None:
+        self._known.pop(key, None)
+
+
 def decide(
     notification: Notification,
     rules: Rules,
     renderer: Renderer,
     store: Store,
     now: float,
+    recent: RecentKeys | None = None,
 ) -> list[AlertDecision]:
     """Decide on every alert of ``notification``, enqueueing the creates.
-    Returns one decision per alert, in the order of the alerts.
+    Returns one decision per alert, in the order of the alerts. With
+    ``recent``, repeats of a problem known open are answered from memory.
 
     Raises StoreUnavailable when the store cannot record; nothing is then
     half-decided that a retry of the whole notification would not repeat
@@ -168,16 +212,25 @@ def decide(
                 )
             continue
 
-        observation = Observation(
-            key=item.key,
-            firing=firing,
-            rule=item.route.rule,
-            severity=item.route.severity,
-            dedup_window=item.route.dedup_window,
-            reopen_window=item.route.reopen_window,
-            job=job_payload(item, notification, now),
-        )
-        outcome = store.observe(observation, now)
+        known = recent.get(item.key, now) if recent is not None and firing else None
+        if known is not None:
+            outcome = Outcome("duplicate", known)
+        else:
+            observation = Observation(
+                key=item.key,
+                firing=firing,
+                rule=item.route.rule,
+                severity=item.route.severity,
+                dedup_window=item.route.dedup_window,
+                reopen_window=item.route.reopen_window,
+                job=job_payload(item, notification, now),
+            )
+            outcome = store.observe(observation, now)
+            if recent is not None:
+                if firing:
+                    recent.remember(outcome.state, now)
+                else:
+                    recent.forget(item.key)
         state = outcome.state
         # one info event per state change; a duplicate or an ignored
         # resolve changes nothing an operator follows, and an alert storm

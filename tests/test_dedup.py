@@ -18,9 +18,9 @@ import pytest
 from relay.alert import Notification
 from relay.app import Relay
 from relay.config import Config
-from relay.dedup import AlertDecision, decide, make_key, plan
+from relay.dedup import AlertDecision, RecentKeys, decide, make_key, plan
 from relay.sources.alertmanager import AlertmanagerSource
-from relay.store.base import Store
+from relay.store.base import KeyState, Store
 from relay.store.sqlite import SQLiteStore
 
 T0 = 1_714_564_800.0
@@ -453,3 +453,82 @@ def test_concurrent_deciders_queue_exactly_one(store: Store) -> None:
     assert not errors, errors
     assert sorted(results) == ["duplicate"] * (threads - 1) + ["queued"]
     assert store.stats(T0).pending == 1
+
+
+# -- answering repeats from memory ------------------------------------------
+
+
+class CountingStore:
+    """Counts the observations that reach a real store."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.observed = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    def observe(self, obs: Any, now: float) -> Any:
+        self.observed += 1
+        return self.store.observe(obs, now)
+
+
+def test_repeats_of_an_open_problem_are_answered_from_memory(store: Store) -> None:
+    relay = make_relay(store)
+    counting = CountingStore(store)
+    recent = RecentKeys(1.0)
+    firing = notification(am_alert(host="a"))
+    resolved = notification(am_alert(host="a", status="resolved"))
+
+    def once(note: Notification, now: float) -> AlertDecision:
+        [decision] = decide(
+            note,
+            relay.rules,
+            relay.renderer,
+            counting,
+            now,
+            recent,  # type: ignore[arg-type]
+        )
+        return decision
+
+    queued = once(firing, T0)
+    assert once(firing, T0 + 0.1).action == "duplicate"  # pending: not remembered
+    assert counting.observed == 2
+
+    store.attach_ticket(queued.key or "", "42", "https://console.example/42")
+    assert once(firing, T0 + 0.2).ticket_id == "42"  # the store says open
+    storm = [once(firing, T0 + 0.3 + i / 100) for i in range(50)]
+    assert {d.action for d in storm} == {"duplicate"}
+    assert {d.ticket_id for d in storm} == {"42"}
+    assert counting.observed == 3  # the storm never reached the store
+
+    # the memory is short: the store sees a sighting again after it
+    assert once(firing, T0 + 1.5).action == "duplicate"
+    assert counting.observed == 4
+
+    # a resolve always reaches the store and clears the memory
+    assert once(resolved, T0 + 1.6).action == "resolved"
+    assert once(firing, T0 + 1.7).action == "duplicate"  # inside reopen window
+    assert counting.observed == 6
+
+
+def test_memory_never_outlives_the_key() -> None:
+    recent = RecentKeys(60.0)
+    open_state = KeyState(
+        key="k",
+        state="open",
+        first_seen=T0,
+        last_seen=T0,
+        expires_at=T0 + 5,
+        ticket_id="1",
+    )
+    recent.remember(open_state, T0)
+    assert recent.get("k", T0 + 4.9) is open_state
+    assert recent.get("k", T0 + 5) is None
+
+    pending = KeyState(
+        key="p", state="pending", first_seen=T0, last_seen=T0, expires_at=T0 + 99
+    )
+    recent.remember(pending, T0)
+    assert recent.get("p", T0) is None
+    assert RecentKeys(0).get("k", T0) is None
