@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import click
 
@@ -32,6 +32,9 @@ from relay.config import (
 )
 from relay.doit import DoitClient, Ticket, TicketRequest
 from relay.errors import ConfigError, RelayError
+
+if TYPE_CHECKING:
+    from relay.rules import Rules
 
 # the widest subject shown in a table; --json shows it whole
 _SUBJECT_WIDTH = 60
@@ -362,21 +365,12 @@ def check(ctx: click.Context) -> None:
     """Validate the configuration, rules and templates; exit non-zero on any
     problem."""
     from relay.app import templates_dir
-    from relay.render import Renderer
-    from relay.rules import Rules
 
     config = _load(ctx, require_api_key=True)
-    folder = templates_dir(config)
-    try:
-        rules = Rules(config, folder)
-    except ConfigError as e:
-        raise ConfigProblem(str(e)) from e
-    problems = Renderer(folder).check_templates(rules.template_names())
-    if problems:
-        raise ConfigProblem("\n".join(problems))
+    rules = _check_rules(config)
     click.echo(
-        f"{config.path}: ok ({len(rules)} rules, templates in {folder}, "
-        f"store {config.store.url.split('@')[-1]})"
+        f"{config.path}: ok ({len(rules)} rules, templates in "
+        f"{templates_dir(config)}, store {config.store.url.split('@')[-1]})"
     )
 
 
@@ -460,8 +454,9 @@ def worker(ctx: click.Context, threads: int | None, once: bool) -> None:
     pool.stop()
 
 
-def _check_rules(config: Config) -> None:
-    """Refuse to start on rules or templates that would fail at run time."""
+def _check_rules(config: Config) -> Rules:
+    """The compiled rules; refuse rules or templates that would fail at run
+    time (exit status 2, naming the file, the rule and the field)."""
     from relay.app import templates_dir
     from relay.render import Renderer
     from relay.rules import Rules
@@ -474,6 +469,7 @@ def _check_rules(config: Config) -> None:
     problems = Renderer(folder).check_templates(rules.template_names())
     if problems:
         raise ConfigProblem("\n".join(problems))
+    return rules
 
 
 # -- relay queue -----------------------------------------------------------
