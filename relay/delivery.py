@@ -77,6 +77,7 @@ class Delivery:
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self.clock = clock
         self.stopping = threading.Event()
+        self.store_down = threading.Event()
         self.sleep: Callable[[float], None] = sleep or self._wait
 
     # the loop
@@ -102,9 +103,15 @@ class Delivery:
         while not self.stopping.is_set():
             try:
                 ran = self.run_once()
+                if self.store_down.is_set():
+                    self.store_down.clear()
+                    log.info("delivery.store_recovered")
             except StoreUnavailable as e:
                 metrics.STORE_ERRORS.labels("lease").inc()
-                log.warning("delivery.store_unavailable", extra={"error": str(e)})
+                # once per outage, not once per poll of every thread
+                if not self.store_down.is_set():
+                    self.store_down.set()
+                    log.warning("delivery.store_unavailable", extra={"error": str(e)})
                 ran = 0
                 idle = self.settings.poll_interval
             except Exception:

@@ -20,12 +20,13 @@ import pytest
 from relay.app import Relay
 from relay.config import Config
 from relay.dedup import AlertDecision, decide
-from relay.delivery import Delivery, make_client
+from relay.delivery import Delivery, WorkerPool, make_client
 from relay.doit import DoitClient, RetryableError, Ticket, TicketRequest
 from relay.emulator import EmulatorServer
+from relay.errors import StoreUnavailable
 from relay.sources.alertmanager import AlertmanagerSource
 from relay.store.base import Job, Store
-from tests.servers import free_port
+from tests.servers import free_port, wait_until
 
 CATEGORY = "databases__amazon_rds"
 
@@ -576,3 +577,42 @@ def test_two_workers_share_the_api_budget_and_spread_the_creates(
     assert [t < start + 58 for t in created] == [True] * 3 + [False] * 3
     assert clock.slept  # the fourth create waited for the next minute
     assert store.stats(clock()).pending == 0
+
+
+class FlakyLease:
+    """A real store whose first leases fail as if it were unreachable."""
+
+    def __init__(self, store: Store, failures: int) -> None:
+        self.store = store
+        self.failures = failures
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    def lease(self, *args: Any, **kwargs: Any) -> list[Job]:
+        if self.failures > 0:
+            self.failures -= 1
+            raise StoreUnavailable("store down for the test")
+        return self.store.lease(*args, **kwargs)
+
+
+def test_a_store_outage_pauses_delivery_and_is_logged_once(
+    store: Store, emulator: EmulatorServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    relay = make_relay(store, emulator, delivery={"poll_interval": "10ms"})
+    fire(relay, time.time())
+    flaky = FlakyLease(store, failures=5)
+    relay.store = flaky  # type: ignore[assignment]
+    delivery = Delivery(relay, None)  # dry run: no API needed here
+    caplog.set_level(logging.INFO, logger="relay.delivery")
+
+    pool = WorkerPool(delivery, 2).start()
+    try:
+        wait_until(lambda: store.stats(time.time()).pending == 0, timeout=30)
+    finally:
+        pool.stop()
+
+    events = [r.getMessage() for r in caplog.records]
+    assert flaky.failures == 0
+    assert events.count("delivery.store_unavailable") == 1
+    assert events.count("delivery.store_recovered") == 1
