@@ -26,6 +26,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 unit: $(STAMP)
+	@bash .ci/deps
 	$(BIN)/pytest
 
 test: lint typecheck unit

@@ -14,7 +14,7 @@ from relay.emulator import EmulatorServer
 from relay.store.base import Store
 from relay.store.redis import RedisStore
 from relay.store.sqlite import SQLiteStore
-from tests.servers import RelayProcess
+from tests.servers import REDIS_SERVER, RedisServer, RelayProcess
 
 REDIS_URL = os.environ.get("RELAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
@@ -27,16 +27,44 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name, raising=False)
 
 
+def _answers(url: str) -> bool:
+    client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+    return True
+
+
+@pytest.fixture(scope="session")
+def redis_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The test Redis: ``RELAY_TEST_REDIS_URL``, else the one on
+    127.0.0.1:6379 (database 15), else a redis-server of the suite's own on a
+    free port, so that ``make test`` needs no Redis running beforehand."""
+    if "RELAY_TEST_REDIS_URL" in os.environ or _answers(REDIS_URL):
+        yield REDIS_URL
+        return
+    if REDIS_SERVER is None:
+        pytest.fail("no Redis on 127.0.0.1:6379 and no redis-server to start one")
+    server = RedisServer(tmp_path_factory.mktemp("redis"), durable=False).start()
+    try:
+        yield server.url.rsplit("/", 1)[0] + "/15"
+    finally:
+        server.stop()
+
+
 @pytest.fixture
-def redis_url() -> str:
+def redis_url(redis_server_url: str) -> str:
     """The URL of the test Redis; the test is skipped in no case: a missing
     Redis is a broken test environment and fails loudly."""
-    client = redis.Redis.from_url(REDIS_URL)
+    client = redis.Redis.from_url(redis_server_url)
     try:
         client.ping()
     finally:
         client.close()
-    return REDIS_URL
+    return redis_server_url
 
 
 @pytest.fixture

@@ -328,9 +328,12 @@ class RedisServer:
     file in ``workdir`` so that a restart on the same port and folder finds
     everything it had acknowledged."""
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(
+        self, workdir: Path, port: int | None = None, *, durable: bool = True
+    ) -> None:
         assert REDIS_SERVER, "redis-server is not installed"
         self.binary = REDIS_SERVER
+        self.durable = durable
         workdir.mkdir(parents=True, exist_ok=True)
         self.workdir = workdir
         self.port = port or free_port()
@@ -346,15 +349,15 @@ class RedisServer:
             str(self.port),
             "--save",
             "",
-            "--appendonly",
-            "yes",
-            # every write on disk before its reply: a SIGKILL then loses
-            # nothing Redis acknowledged, as the relay's promise assumes
-            "--appendfsync",
-            "always",
             "--dir",
             str(self.workdir),
         ]
+        if self.durable:
+            # every write on disk before its reply: a SIGKILL then loses
+            # nothing Redis acknowledged, as the relay's promise assumes
+            args += ["--appendonly", "yes", "--appendfsync", "always"]
+        else:
+            args += ["--appendonly", "no"]
         with open(self.workdir / "redis.log", "ab") as log:
             self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         try:
