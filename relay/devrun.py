@@ -9,9 +9,11 @@ ever created by accident.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 
@@ -33,15 +35,17 @@ def main() -> int:
     env = dict(os.environ)
     relay = [sys.executable, "-m", "relay.cli"]
     emulator: subprocess.Popen[bytes] | None = None
+    scratch = ""
 
     if not env.get("DOIT_API_KEY"):
         url = f"http://{EMULATOR_BIND}"
         emulator = subprocess.Popen(
             [*relay, "--log-format", "text", "emulator", "--bind", EMULATOR_BIND]
         )
-        if not _wait_for(f"{url}/_emulator/stats"):
+        if not _wait_for(f"{url}/_emulator/stats") or emulator.poll() is not None:
             print(
-                f"the DoiT API emulator did not start on {EMULATOR_BIND}",
+                f"the DoiT API emulator did not start on {EMULATOR_BIND} "
+                "(is the port taken? set RELAY_EMULATOR_BIND)",
                 file=sys.stderr,
             )
             emulator.terminate()
@@ -49,10 +53,18 @@ def main() -> int:
         env["DOIT_API_URL"] = url
         env["DOIT_API_KEY"] = "emulator-key"
         env.setdefault("RELAY_DEFAULT_CATEGORY", "general")
+        store_note = ""
+        if not env.get("RELAY_STORE"):
+            # the emulator forgets its tickets when it stops, so the relay's
+            # dedup state must not outlive it either: a fresh store each run
+            scratch = tempfile.mkdtemp(prefix="relay-run-")
+            env["RELAY_STORE"] = f"sqlite:///{scratch}/relay.db"
+            store_note = f"  Dedup state and queue: {scratch} (removed on exit).\n"
         print(
             "\n"
             "  DOIT_API_KEY is not set: tickets go to the DoiT API EMULATOR at\n"
             f"  {url} (in memory; nothing reaches DoiT).\n"
+            f"{store_note}"
             f"  See them with:  DOIT_API_URL={url} DOIT_API_KEY=x .venv/bin/relay"
             " tickets list\n"
             "  Set DOIT_API_KEY to send real tickets.\n",
@@ -75,6 +87,8 @@ def main() -> int:
         if emulator is not None:
             emulator.terminate()
             emulator.wait(timeout=10)
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
     return 0 if stop else code
 
 
