@@ -88,11 +88,12 @@ class Relay:
         )
 
 
-def warn_at_start(relay: Relay) -> None:
-    """Say at start what is allowed but risky: a source that accepts anyone,
-    or no default category (DoiT refuses a ticket without one, so alerts no
-    rule gives a category would end as dead letters)."""
-    if not relay.config.defaults.category:
+def warn_at_start(config: Config, sources: dict[str, Source]) -> None:
+    """Say once at start what is allowed but risky: a source that accepts
+    anyone or any topic, or no default category (DoiT refuses a ticket
+    without one, so alerts no rule gives a category would end as dead
+    letters)."""
+    if not config.defaults.category:
         log.warning(
             "config.no_default_category",
             extra={
@@ -100,12 +101,14 @@ def warn_at_start(relay: Relay) -> None:
                 "every rule a category; DoiT refuses tickets without one"
             },
         )
-    for name, source in relay.sources.items():
+    for name, source in sources.items():
         if not source.auth_enabled:
             log.warning(
                 "source.unauthenticated",
                 extra={"source": name, "hint": "configure credentials for it"},
             )
+        for event, detail in source.warnings().items():
+            log.warning(event, extra={"source": name, "detail": detail})
 
 
 def create_app(
@@ -113,6 +116,7 @@ def create_app(
     *,
     store: Store | None = None,
     start_delivery: bool = False,
+    warn: bool = True,
 ) -> Flask:
     """Build the WSGI application.
 
@@ -124,7 +128,8 @@ def create_app(
     app = Flask("relay")
     app.config["MAX_CONTENT_LENGTH"] = config.server.max_body_bytes
     app.extensions["relay"] = relay
-    warn_at_start(relay)
+    if warn:
+        warn_at_start(relay.config, relay.sources)
     _register_views(app, relay)
 
     if start_delivery:

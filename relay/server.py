@@ -18,6 +18,7 @@ from typing import Any
 from flask import Flask
 from gunicorn.app.base import BaseApplication
 
+from relay.app import build_sources, warn_at_start
 from relay.config import Config
 
 log = logging.getLogger(__name__)
@@ -65,12 +66,14 @@ def build_app(
     from relay.app import create_app
     from relay.config import load_config
 
+    checked = config is not None
     config = config or load_config(config_path)
     logs.configure(
         log_format or config.server.log_format,  # type: ignore[arg-type]
         config.server.log_level,
     )
-    return create_app(config, start_delivery=True)
+    # `relay serve` gives the start-up warnings once, in the master
+    return create_app(config, start_delivery=True, warn=not checked)
 
 
 class RelayServer(BaseApplication):  # type: ignore[misc]
@@ -127,6 +130,7 @@ def serve(config: Config, log_format: str | None = None) -> None:
             "metrics_dir": folder,
         },
     )
+    warn_at_start(config, build_sources(config))
     try:
         RelayServer(config, log_format).run()
     finally:

@@ -103,6 +103,8 @@ def test_serve_answers_its_probes_and_stops_cleanly(
     assert ready.status_code == 200
     assert ready.json()["status"] == "ready"
     wait_until(lambda: len(relay.children()) == 2, timeout=60)
+    # the start-up warnings come once, from the master, not once a worker
+    assert relay.log_text().count("cloudwatch.topics_unrestricted") == 1
     # SIGTERM: the workers stop their delivery threads and the master exits
     # 0, removing the metrics directory it made
     metrics_dir = re.search(r'metrics_dir="([^"]+)"', relay.log_text())

@@ -417,10 +417,9 @@ def test_a_foreign_topic_is_forbidden_before_any_certificate_fetch(
     assert "sns.topic_refused" in caplog.text
 
 
-def test_an_empty_allow_list_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
-    make_source(None)
-
-    assert "cloudwatch.topics_unrestricted" in caplog.text
+def test_an_empty_allow_list_is_warned_about() -> None:
+    assert "cloudwatch.topics_unrestricted" in make_source(None).warnings()
+    assert make_source(None, topics=[TOPIC]).warnings() == {}
 
 
 # subscription handshake ------------------------------------------------------

@@ -81,6 +81,11 @@ class Source(ABC):
         payload that no retry can fix, ForbiddenError for one that is
         refused on principle (a bad signature, a foreign topic)."""
 
+    def warnings(self) -> dict[str, str]:
+        """What is allowed but risky in this source's configuration, as
+        event name to explanation; logged once when the server starts."""
+        return {}
+
     @property
     def auth_enabled(self) -> bool:
         """Whether the source checks credentials; the relay warns at start

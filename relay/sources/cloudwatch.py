@@ -118,14 +118,13 @@ class CloudWatchSource(Source):
         self.mapper = AlarmMapper(cfg)
         self._check_config()
 
-        if self._topics is None and cfg.enabled:
-            log.warning(
-                "cloudwatch.topics_unrestricted",
-                extra={
-                    "detail": "sources.cloudwatch.topics is empty: signed messages "
-                    "from any SNS topic are accepted"
-                },
-            )
+    def warnings(self) -> dict[str, str]:
+        if self._topics is None and self.config.enabled:
+            return {
+                "cloudwatch.topics_unrestricted": "sources.cloudwatch.topics is "
+                "empty: signed messages from any SNS topic are accepted"
+            }
+        return {}
 
     @classmethod
     def for_preview(cls, config: Config) -> CloudWatchSource:
