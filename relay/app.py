@@ -169,7 +169,7 @@ def _register_views(app: Flask, relay: Relay) -> None:
         if source is None:
             return _error(404, f"no enabled source called {name!r}")
         answer, status, headers = receive(relay, source, subpath)
-        metrics.WEBHOOKS.labels(name, str(status)).inc()
+        metrics.count(metrics.WEBHOOKS, name, str(status))
         response = jsonify(answer)
         response.headers.update(headers)
         return response, status
@@ -271,7 +271,7 @@ def receive(
         return _unavailable(source.name, "record", e)
 
     for decision in decisions:
-        metrics.ALERTS.labels(source.name, decision.action, decision.rule).inc()
+        metrics.count(metrics.ALERTS, source.name, decision.action, decision.rule)
     return answer, 202 if decisions else 200, {}
 
 

@@ -9,6 +9,7 @@ every replica reports the same truth.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from relay.store.base import Store
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+log = logging.getLogger(__name__)
 
 # the *_created series double every counter for little use to an operator
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -74,6 +76,15 @@ STORE_ERRORS = Counter(
     "Store operations that failed because the store was unavailable.",
     ["operation"],
 )
+
+
+def count(counter: Counter, *labels: str) -> None:
+    """Count one event; never raises. A webhook's alerts are stored before
+    it is counted, so a failure here must not turn its answer into a 500."""
+    try:
+        counter.labels(*labels).inc()
+    except Exception:
+        log.warning("metrics.count_failed", exc_info=True)
 
 
 class QueueCollector(Collector):
