@@ -495,7 +495,13 @@ def _age(seconds: float) -> str:
 
 @main.group(invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=50,
+    show_default=True,
+    help="At most this many jobs of each queue.",
+)
 @click.pass_context
 def queue(ctx: click.Context, as_json: bool, limit: int) -> None:
     """Show pending, scheduled and dead-lettered delivery jobs."""
