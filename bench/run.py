@@ -340,19 +340,7 @@ def wrk(
     threads: int,
 ) -> WrkResult:
     """One bounded wrk run against a loopback URL."""
-    argv = [
-        "wrk",
-        f"-t{threads}",
-        f"-c{connections}",
-        f"-d{seconds}s",
-        "--timeout",
-        "5s",
-        "-s",
-        str(BENCH / script),
-        url,
-        "--",
-        *args,
-    ]
+    argv = _wrk_argv(url, script, args, seconds, connections, threads)
     done = subprocess.run(
         argv,
         cwd=ROOT,
@@ -367,19 +355,11 @@ def wrk(
     return WrkResult.parse(done.stdout)
 
 
-@contextmanager
-def wrk_background(
-    url: str,
-    script: str,
-    args: list[str],
-    *,
-    seconds: int,
-    connections: int,
-    threads: int,
-) -> Iterator[Callable[[], WrkResult]]:
-    """A wrk run in the background; the block gets a function that waits for
-    it and returns the result. Killed if the block fails."""
-    argv = [
+def _wrk_argv(
+    url: str, script: str, args: list[str], seconds: int, connections: int, threads: int
+) -> list[str]:
+    """The wrk command line: bounded in time, with a per-request timeout."""
+    return [
         "wrk",
         f"-t{threads}",
         f"-c{connections}",
@@ -392,6 +372,21 @@ def wrk_background(
         "--",
         *args,
     ]
+
+
+@contextmanager
+def wrk_background(
+    url: str,
+    script: str,
+    args: list[str],
+    *,
+    seconds: int,
+    connections: int,
+    threads: int,
+) -> Iterator[Callable[[], WrkResult]]:
+    """A wrk run in the background; the block gets a function that waits for
+    it and returns the result. Killed if the block fails."""
+    argv = _wrk_argv(url, script, args, seconds, connections, threads)
     proc = subprocess.Popen(
         argv,
         cwd=ROOT,

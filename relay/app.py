@@ -77,12 +77,14 @@ class Relay:
 
     @classmethod
     def build(cls, config: Config, store: Store | None = None) -> Relay:
-        folder = templates_dir(config)
+        # one renderer (one Jinja environment and its compiled templates)
+        # serves the rules' values and the tickets alike
+        renderer = Renderer(templates_dir(config))
         return cls(
             config=config,
             store=store or open_store(config.store.url, config.store.prefix),
-            rules=Rules(config, folder),
-            renderer=Renderer(folder),
+            rules=Rules(config, renderer.templates_dir, renderer=renderer),
+            renderer=renderer,
             sources=build_sources(config),
             recent=RecentKeys(config.store.duplicate_memory),
         )
@@ -176,8 +178,7 @@ def _register_views(app: Flask, relay: Relay) -> None:
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(_: RequestEntityTooLarge) -> tuple[Response, int]:
-        limit = relay.config.server.max_body_bytes
-        return _error(413, f"request body exceeds the limit of {limit} bytes")
+        return _error(413, _too_large(relay))
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> tuple[Response, int]:
@@ -217,8 +218,7 @@ def receive(
         source.authenticate(inbound)
         notification = source.parse(inbound)
     except RequestEntityTooLarge:
-        limit = relay.config.server.max_body_bytes
-        return {"error": f"request body exceeds the limit of {limit} bytes"}, 413, {}
+        return {"error": _too_large(relay)}, 413, {}
     except AuthError as e:
         headers = {"WWW-Authenticate": e.challenge} if e.challenge else {}
         log.info("webhook.unauthorized", extra={"source": source.name, "why": str(e)})
@@ -273,6 +273,11 @@ def receive(
     for decision in decisions:
         metrics.count(metrics.ALERTS, source.name, decision.action, decision.rule)
     return answer, 202 if decisions else 200, {}
+
+
+def _too_large(relay: Relay) -> str:
+    limit = relay.config.server.max_body_bytes
+    return f"request body exceeds the limit of {limit} bytes"
 
 
 def _read_body() -> bytes:

@@ -458,15 +458,13 @@ def _check_rules(config: Config) -> Rules:
     """The compiled rules; refuse rules or templates that would fail at run
     time (exit status 2, naming the file, the rule and the field)."""
     from relay.app import templates_dir
-    from relay.render import Renderer
     from relay.rules import Rules
 
-    folder = templates_dir(config)
     try:
-        rules = Rules(config, folder)
+        rules = Rules(config, templates_dir(config))
     except ConfigError as e:
         raise ConfigProblem(str(e)) from e
-    problems = Renderer(folder).check_templates(rules.template_names())
+    problems = rules.renderer.check_templates(rules.template_names())
     if problems:
         raise ConfigProblem("\n".join(problems))
     return rules

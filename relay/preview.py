@@ -44,9 +44,8 @@ def preview(config: Config, source_name: str, file: Path) -> dict[str, Any]:
     """The whole preview as a JSON-safe dict."""
     source = preview_source(config, source_name)
     notification = source.parse(Inbound(body=file.read_bytes()))
-    folder = templates_dir(config)
-    rules = Rules(config, folder)
-    renderer = Renderer(folder)
+    rules = Rules(config, templates_dir(config))
+    renderer = rules.renderer
 
     result: dict[str, Any] = {
         "source": source_name,

@@ -18,15 +18,13 @@ def same(given: str, expected: str) -> bool:
     return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
 
 
-def check_inbound(
-    auth: InboundAuth, request: Inbound, *, challenge: bool = False
-) -> None:
+def check_inbound(auth: InboundAuth, request: Inbound) -> None:
     """Accept the request when it carries the configured bearer token or
     basic credentials (either, when both are configured); do nothing when
     neither is configured.
 
-    With ``challenge``, a refusal carries ``WWW-Authenticate: Basic`` so
-    that senders which only authenticate after a challenge (Cloud
+    With basic auth configured, a refusal carries ``WWW-Authenticate:
+    Basic`` so that senders which only authenticate after a challenge (Cloud
     Monitoring) try again with their credentials.
     """
     if not auth.enabled:
@@ -44,11 +42,9 @@ def check_inbound(
         return
     realm = auth.realm.replace('"', "")
     hint = f'Basic realm="{realm}", charset="UTF-8"' if auth.basic is not None else None
-    if not header:
-        raise AuthError(
-            "credentials required", challenge=hint if challenge or hint else None
-        )
-    raise AuthError("invalid credentials", challenge=hint)
+    raise AuthError(
+        "invalid credentials" if header else "credentials required", challenge=hint
+    )
 
 
 def _basic_matches(value: str, username: str, password: str) -> bool:

@@ -145,12 +145,9 @@ def alarm_from_message(alarm: dict[str, Any], *, topic_arn: str = "") -> AlarmFa
     if "AlarmRule" in alarm or not isinstance(trigger, dict):
         facts.alarm_type = "composite" if "AlarmRule" in alarm else "metric"
         facts.alarm_rule = _str(alarm.get("AlarmRule"))
-        children = alarm.get("TriggeringChildren")
-        for child in children if isinstance(children, list) else []:
-            if isinstance(child, dict):
-                state_of = child.get("State")
-                value = state_of.get("Value") if isinstance(state_of, dict) else ""
-                facts.triggering_children.append(_child(child.get("Arn"), value))
+        facts.triggering_children = _children(
+            alarm.get("TriggeringChildren"), "Arn", "State", "Value"
+        )
         return facts
 
     facts.comparison = _str(trigger.get("ComparisonOperator"))
@@ -204,12 +201,9 @@ def alarm_from_event(event: dict[str, Any]) -> AlarmFacts:
     if "alarmRule" in config:
         facts.alarm_type = "composite"
         facts.alarm_rule = _str(config.get("alarmRule"))
-        children = reason_data.get("triggeringAlarms")
-        for child in children if isinstance(children, list) else []:
-            if isinstance(child, dict):
-                state_of = child.get("state")
-                value = state_of.get("value") if isinstance(state_of, dict) else ""
-                facts.triggering_children.append(_child(child.get("arn"), value))
+        facts.triggering_children = _children(
+            reason_data.get("triggeringAlarms"), "arn", "state", "value"
+        )
         return facts
 
     metrics = config.get("metrics")
@@ -534,3 +528,15 @@ def _child(arn: Any, state: Any) -> str:
 def _add_unique(items: list[str], value: str) -> None:
     if value and value not in items:
         items.append(value)
+
+
+def _children(children: Any, arn: str, state: str, value: str) -> list[str]:
+    """A composite alarm's triggering children, from SNS (PascalCase keys)
+    or EventBridge (camelCase keys)."""
+    found = []
+    for child in children if isinstance(children, list) else []:
+        if isinstance(child, dict):
+            state_of = child.get(state)
+            current = state_of.get(value) if isinstance(state_of, dict) else ""
+            found.append(_child(child.get(arn), current))
+    return found
